@@ -1,0 +1,13 @@
+"""Reverie: model-based reinforcement learning on PyTorch, TensorDict and TorchRL.
+
+Subpackages:
+
+- :mod:`reverie.modules` - prediction: :class:`~reverie.modules.WorldModel` and its components.
+- :mod:`reverie.envs` - rollout: imagination environments (:class:`~reverie.envs.WorldModelEnv`).
+- :mod:`reverie.objectives` - losses (:class:`~reverie.objectives.WorldModelLoss`).
+- :mod:`reverie.runs` - shared run infrastructure (configs, run folders, logging, checkpoints).
+- :mod:`reverie.algorithms` - one readable recipe per algorithm.
+- :mod:`reverie.diagnostics` - world-model diagnostics (open-loop prediction error).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""Recipes: one readable module per algorithm.
+
+Each recipe module defines a typed dataclass ``Config`` (a subclass of
+:class:`reverie.runs.RunConfig`, with a ``PRESETS`` mapping that contains at least
+``"debug"``) and a ``train(config) -> dict`` function that returns its final metrics.
+The ``reverie`` command finds recipes through :data:`ALGORITHMS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+#: algorithm name -> (module path, one-line description)
+ALGORITHMS: dict[str, tuple[str, str]] = {
+    "worldmodel": (
+        "reverie.algorithms.world_model",
+        "fit a WorldModel to real transitions and report open-loop diagnostics",
+    ),
+}
+
+
+def register_algorithm(name: str, module: str, description: str = "") -> None:
+    """Register a recipe module under ``name`` so ``reverie train NAME`` finds it."""
+    ALGORITHMS[name] = (module, description)
+
+
+def load_algorithm(name: str) -> ModuleType:
+    """Import the recipe module registered under ``name``.
+
+    Raises:
+        KeyError: if ``name`` is not registered; the message lists the known names.
+    """
+    if name not in ALGORITHMS:
+        raise KeyError(
+            f"Unknown algorithm {name!r}. Known algorithms: {sorted(ALGORITHMS)}. "
+            "Run `reverie --help` to list them."
+        )
+    return importlib.import_module(ALGORITHMS[name][0])
