@@ -1,0 +1,461 @@
+"""``WorldModelEnv``: imagined rollouts of a :class:`~reverie.modules.WorldModel` in latent space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.utils import NestedKey, unravel_key
+from torchrl.data import Composite, TensorSpec, Unbounded
+from torchrl.envs import EnvBase
+
+from reverie.envs.fast_rollout import fast_rollout
+from reverie.envs.model_based import ModelBasedEnvBase
+
+__all__ = ["WorldModelEnv"]
+
+
+def _element_spec(spec: TensorSpec, batch_dims: int) -> TensorSpec:
+    """Strip ``batch_dims`` leading batch dimensions from a spec (index 0 along each)."""
+    if batch_dims == 0:
+        return spec.clone()
+    return spec[(0,) * batch_dims].clone()
+
+
+def _batched(spec: TensorSpec | None, batch_size: torch.Size, what: str) -> TensorSpec | None:
+    """Expand a per-environment spec to ``batch_size``.
+
+    Leaf specs always describe one environment. A :class:`Composite` describes one
+    environment when its shape is ``()``; one whose shape already equals ``batch_size``
+    is used as it is.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, Composite) and spec.shape == batch_size:
+        return spec.clone()
+    if isinstance(spec, Composite) and spec.ndim:
+        raise ValueError(
+            f"WorldModelEnv: {what} is a Composite of shape {tuple(spec.shape)}, but the env's "
+            f"batch_size is {tuple(batch_size)}. Pass a per-environment spec (shape ()) or one "
+            "whose shape equals batch_size."
+        )
+    return spec.expand(*batch_size, *spec.shape).clone()
+
+
+class WorldModelEnv(ModelBasedEnvBase):
+    """Imagination environment that steps a :class:`~reverie.modules.WorldModel` in latent space.
+
+    The env drives ``world_model.step_module`` (dynamics + heads, never the encoder). Its
+    state is the latent under ``latent_key``: it is always part of the observation spec,
+    so the latent advances at every step whatever other observation keys are declared.
+    Policies read the latent (or decoded observations, when the model writes them).
+
+    Specs come from a reference ``base_env`` (read, never stepped) or are given
+    explicitly (``observation_spec``, ``action_spec``, ``reward_spec``, ``done_spec``).
+    Explicit leaf specs describe one environment and are expanded to ``batch_size``.
+    Rewards and done flags keep the spec's shape: a ``(1,)`` reward spec gives rewards of
+    shape ``(*B, 1)`` per step and ``(*B, T, 1)`` per rollout, so TorchRL's GAE and
+    TD(lambda) estimators run on imagined rollouts unchanged.
+
+    Observation keys other than the latent are exposed when the world model writes them
+    under ``"next"`` (e.g. a decoder writing ``("next", "observation")``); with
+    ``base_env`` the base observation keys the model does not write are left out, with an
+    explicit ``observation_spec`` they are an error.
+
+    Done handling: without a done head imagined trajectories never end (all done flags
+    ``False``). A done head may write ``done`` and/or ``terminated`` as bool, probability
+    (``done_logits=False``: done when ``p > 0.5``) or logit (``done_logits=True``: done when
+    ``logit > 0``). When only one of ``done``/``terminated`` is written, the other takes
+    its value (an imagined end is a termination); ``truncated`` is ``False``. Done flags
+    stop ``rollout(break_when_any_done=True)`` (the default) after the step that ended;
+    with ``break_when_any_done=False`` ended trajectories are imagined on (never reset).
+
+    Args:
+        world_model: the :class:`~reverie.modules.WorldModel` to imagine with.
+        base_env: a reference env whose action/reward/done (and observation) specs are
+            used. It is never stepped.
+
+    Keyword Args:
+        observation_spec: observations exposed by the env (a :class:`Composite`); the
+            latent is added under ``latent_key`` when absent.
+        action_spec, reward_spec, done_spec: explicit specs, required without
+            ``base_env``. ``reward_spec`` defaults to ``Unbounded((1,))`` and ``done_spec``
+            to bool ``done``/``terminated`` flags of shape ``(1,)``.
+        latent_spec: spec of the latent; by default it is inferred by encoding a zero
+            observation (``world_model.encode(observation_spec.zero())``).
+        batch_size: env batch size. Default: ``base_env.batch_size`` or ``[]``; the env is
+            not batch-locked, so an unbatched env accepts any batch of latents.
+        device: device of the env. Default: ``base_env.device`` or the model's device.
+        latent_key: key of the latent state. Default ``"latent"``.
+        done_logits: read float done outputs as logits instead of probabilities.
+
+    Raises:
+        RuntimeError: ``reset`` without an initial latent under ``latent_key``.
+        KeyError: the world model did not write the reward (or a declared observation).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.envs import GymEnv
+        >>> from reverie.envs import WorldModelEnv
+        >>> from reverie.modules import WorldModel
+        >>> base_env = GymEnv("Pendulum-v1")
+        >>> encoder = TensorDictModule(torch.nn.Linear(3, 4), ["observation"], ["latent"])
+        >>> dynamics = TensorDictModule(
+        ...     torch.nn.Linear(4 + 1, 4), ["latent", "action"], [("next", "latent")])
+        >>> reward_head = TensorDictModule(
+        ...     torch.nn.Linear(4, 1), [("next", "latent")], [("next", "reward")])
+        >>> world_model = WorldModel(encoder, dynamics, reward_head)
+        >>> env = WorldModelEnv(world_model, base_env)
+        >>> start = world_model.encode(TensorDict({"observation": torch.randn(8, 3)}, [8]))
+        >>> rollout = env.rollout(15, tensordict=start)
+        >>> rollout["next", "reward"].shape
+        torch.Size([8, 15, 1])
+    """
+
+    def __init__(
+        self,
+        world_model,
+        base_env: EnvBase | None = None,
+        *,
+        observation_spec: Composite | None = None,
+        action_spec: TensorSpec | None = None,
+        reward_spec: TensorSpec | None = None,
+        done_spec: TensorSpec | None = None,
+        latent_spec: TensorSpec | None = None,
+        batch_size: int | Sequence[int] | torch.Size | None = None,
+        device: torch.device | str | None = None,
+        latent_key: NestedKey = "latent",
+        done_logits: bool = False,
+    ) -> None:
+        if base_env is None and action_spec is None:
+            raise TypeError(
+                "WorldModelEnv needs specs: pass base_env=<a reference env> or the explicit "
+                "specs (at least action_spec=..., usually observation_spec and reward_spec too)."
+            )
+        base_dims = 0 if base_env is None else len(base_env.batch_size)
+        if batch_size is None:
+            batch_size = base_env.batch_size if base_env is not None else torch.Size([])
+        elif isinstance(batch_size, int):
+            batch_size = (batch_size,)
+        batch_size = torch.Size(batch_size)
+        if device is None:
+            if base_env is not None:
+                device = base_env.device
+            else:
+                param = next(iter(world_model.parameters()), None)
+                device = param.device if param is not None else torch.device("cpu")
+        super().__init__(
+            world_model.step_module,
+            device=device,
+            batch_size=batch_size,
+            allow_done_after_reset=True,
+        )
+        object.__setattr__(self, "_full_world_model", world_model)
+        self.latent_key = unravel_key(latent_key)
+        self.done_logits = bool(done_logits)
+        self.fast_rollout = True
+
+        # ---- per-environment specs, from base_env or given
+        if base_env is not None:
+            action_spec = action_spec or _element_spec(base_env.full_action_spec, base_dims)
+            reward_spec = reward_spec or _element_spec(base_env.full_reward_spec, base_dims)
+            done_spec = done_spec or _element_spec(base_env.full_done_spec, base_dims)
+            user_obs = observation_spec is not None
+            if observation_spec is None:
+                observation_spec = _element_spec(base_env.observation_spec, base_dims)
+        else:
+            user_obs = observation_spec is not None
+            reward_spec = reward_spec if reward_spec is not None else Unbounded((1,))
+            if done_spec is None:
+                done_spec = Composite(
+                    done=Unbounded((1,), dtype=torch.bool),
+                    terminated=Unbounded((1,), dtype=torch.bool),
+                )
+            observation_spec = observation_spec if observation_spec is not None else Composite()
+        observation_spec = observation_spec.clone()
+        if observation_spec.shape == batch_size and batch_size:
+            observation_spec = observation_spec[(0,) * len(batch_size)]
+
+        # ---- the latent is always observed: it is the env's state
+        if self.latent_key not in observation_spec.keys(True, True):
+            if latent_spec is None:
+                latent_spec = self._infer_latent_spec(world_model, observation_spec)
+            observation_spec[self.latent_key] = latent_spec.clone()
+
+        # ---- keep only observations the model writes (error for explicit ones)
+        written = {unravel_key(k)[1:] for k in world_model.step_module.out_keys
+                   if isinstance(unravel_key(k), tuple) and unravel_key(k)[0] == "next"}
+        written = {k[0] if len(k) == 1 else k for k in written}
+        self._unmodelled_keys: list[NestedKey] = []
+        for key in list(observation_spec.keys(True, True)):
+            if key == self.latent_key or key in written:
+                continue
+            if user_obs:
+                raise ValueError(
+                    f"WorldModelEnv: observation_spec declares {key!r} but the world model's "
+                    f"step components write {sorted(map(str, written))} under 'next'. Remove "
+                    f"{key!r} from observation_spec or add a module writing ('next', {key!r})."
+                )
+            del observation_spec[key]
+            self._unmodelled_keys.append(key)
+
+        # real observations the start latent was encoded from are not imagined state
+        obs_keys = set(observation_spec.keys(True, True))
+        for key in world_model.encoder.in_keys:
+            key = unravel_key(key)
+            if key not in obs_keys and key not in self._unmodelled_keys:
+                self._unmodelled_keys.append(key)
+
+        def to_spec(spec):
+            return spec.to(self.device) if self.device is not None else spec
+
+        self.observation_spec = to_spec(_batched(observation_spec, batch_size, "observation_spec"))
+        self.action_spec = to_spec(_batched(action_spec, batch_size, "action_spec"))
+        self.reward_spec = to_spec(_batched(reward_spec, batch_size, "reward_spec"))
+        self.done_spec = to_spec(_batched(done_spec, batch_size, "done_spec"))
+
+    @staticmethod
+    def _infer_latent_spec(world_model, observation_spec: Composite) -> TensorSpec:
+        encoder_keys = [unravel_key(k) for k in world_model.encoder.in_keys]
+        obs_keys = set(observation_spec.keys(True, True))
+        if not encoder_keys or any(k not in obs_keys for k in encoder_keys):
+            raise ValueError(
+                "WorldModelEnv cannot infer the latent's shape: the encoder reads "
+                f"{encoder_keys} but the observation spec holds {sorted(map(str, obs_keys))}. "
+                "Pass latent_spec=Unbounded((latent_dim,)) or an observation_spec with the latent."
+            )
+        with torch.no_grad():
+            probe = world_model.encode(observation_spec.zero())
+        latent_key = None
+        for key in world_model.encoder.out_keys:
+            latent_key = unravel_key(key)
+        value = probe.get(latent_key)
+        return Unbounded(value.shape, dtype=value.dtype, device=value.device)
+
+    @property
+    def full_world_model(self):
+        """The :class:`~reverie.modules.WorldModel` this env imagines with (encoder included)."""
+        return self._full_world_model
+
+    # ------------------------------------------------------------------ rollout
+    def rollout(
+        self,
+        max_steps: int,
+        policy=None,
+        callback=None,
+        *,
+        auto_reset: bool = True,
+        break_when_any_done: bool | None = None,
+        break_when_all_done: bool | None = None,
+        return_contiguous: bool | None = True,
+        tensordict: TensorDictBase | None = None,
+        **kwargs,
+    ) -> TensorDictBase:
+        """``EnvBase.rollout`` with a fast path for imagined rollouts.
+
+        When the policy and the world model are chains of plain ``TensorDictModule``s
+        and no option needs the generic loop (``callback``, ``break_when_all_done``,
+        ``return_contiguous=False`` and the other keyword options of ``EnvBase.rollout``),
+        the rollout runs on flat tensors (:func:`reverie.envs.fast_rollout.fast_rollout`)
+        and returns exactly what ``EnvBase.rollout`` returns, several times faster. Set
+        ``env.fast_rollout = False`` to always use the generic loop.
+
+        Args:
+            max_steps: rollout length ``T``.
+            policy: a TensorDict module writing the action (random actions when ``None``).
+            callback, kwargs: as in :meth:`torchrl.envs.EnvBase.rollout`.
+            auto_reset: reset from ``tensordict`` first (it must hold the initial latent).
+            break_when_any_done: stop after the first step where any done flag is set
+                (default ``True`` unless ``break_when_all_done``).
+            break_when_all_done: stop when every trajectory is done.
+            return_contiguous: stack steps into one contiguous TensorDict.
+            tensordict: start data of batch ``(*B,)``, with the latent under ``latent_key``.
+
+        Returns:
+            a TensorDict of batch size ``(*B, T)``: root keys at time t (latent, action,
+            done flags), ``("next", ...)`` keys at t+1 (latent, reward ``(*B, T, 1)``, flags).
+        """
+        stop_any = break_when_any_done
+        if stop_any is None:
+            stop_any = not break_when_all_done
+        fast = (
+            self.fast_rollout
+            and policy is not None
+            and callback is None
+            and not break_when_all_done
+            and return_contiguous in (True, None)
+            and tensordict is not None
+            and not any(v not in (None, False) for v in kwargs.values())
+        )
+        if fast:
+            out = fast_rollout(
+                self, max_steps, policy, tensordict,
+                auto_reset=auto_reset, break_when_any_done=stop_any,
+            )
+            if out is not None:
+                return out
+        return super().rollout(
+            max_steps, policy, callback, auto_reset=auto_reset,
+            break_when_any_done=break_when_any_done, break_when_all_done=break_when_all_done,
+            return_contiguous=return_contiguous, tensordict=tensordict, **kwargs,
+        )
+
+    # ------------------------------------------------------------------ reset / step
+    def reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        """Reset from the initial latent in ``tensordict`` (see the class docstring).
+
+        Real observations that the model does not predict (the encoder's inputs and the
+        base env's other observation keys, e.g. ``"observation"`` next to the encoded
+        latent) are dropped, so a rollout does not carry a stale copy of them through
+        every imagined step.
+        """
+        if tensordict is not None:
+            # a shallow copy: the caller's start tensordict is left as it was
+            tensordict = tensordict.exclude(*self._unmodelled_keys).copy()
+        return super().reset(tensordict, **kwargs)
+
+    def maybe_reset(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """No partial resets: there is no fresh latent to restart an ended trajectory from.
+
+        With ``break_when_any_done=False`` an ended trajectory keeps being imagined past
+        its end; its done flags mark the end for value estimators (GAE, TD(lambda)).
+        """
+        return tensordict
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        if tensordict is None or tensordict.get(self.latent_key, None) is None:
+            raise RuntimeError(
+                f"WorldModelEnv.reset needs the initial latent under {self.latent_key!r} in the "
+                "tensordict. Typical usage: `start = world_model.encode(obs_td)` on real "
+                "observations, then `env.reset(start)` or `env.rollout(H, policy, tensordict=start)`."
+            )
+        out = TensorDict(batch_size=tensordict.batch_size, device=self.device)
+        for key in self.observation_spec.keys(True, True):
+            value = tensordict.get(key, None)
+            if value is None:
+                raise RuntimeError(
+                    f"WorldModelEnv.reset needs {key!r} in the tensordict (it is in the "
+                    "observation spec); add it, or leave it out of observation_spec."
+                )
+            out.set(key, value)
+        for key, spec in self.full_done_spec.items(True, True):
+            out.set(key, spec.zero(tensordict.batch_size[: tensordict.ndim - len(self.batch_size)]))
+        return out
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        out = self.run_world_model(tensordict.copy())
+        next_td = out.get("next", None)
+        if next_td is None:
+            raise KeyError(
+                "WorldModelEnv: the world model wrote nothing under 'next'; its dynamics must "
+                f"write ('next', {self.latent_key!r})."
+            )
+        values = {key: next_td.get(key, None) for key in self._step_keys()}
+        return TensorDict(
+            self.finalize_step(values, tensordict.batch_size),
+            batch_size=tensordict.batch_size,
+            device=self.device,
+        )
+
+    def _step_keys(self) -> list[NestedKey]:
+        keys = self._cache.get("reverie_step_keys")
+        if keys is None:
+            keys = [
+                *self.observation_spec.keys(True, True),
+                *self.full_reward_spec.keys(True, True),
+                *self.full_done_spec.keys(True, True),
+            ]
+            self._cache["reverie_step_keys"] = keys
+        return keys
+
+    def _step_plan(self) -> tuple[list, list, list]:
+        """Cached ``(observation keys, [(reward key, shape)], [(done key, shape, dtype)])``.
+
+        Shapes are per environment (without the env's batch dims).
+        """
+        plan = self._cache.get("reverie_step_plan")
+        if plan is None:
+            nb = len(self.batch_size)
+            plan = (
+                list(self.observation_spec.keys(True, True)),
+                [(k, s.shape[nb:]) for k, s in self.full_reward_spec.items(True, True)],
+                [(k, s.shape[nb:], s.dtype) for k, s in self.full_done_spec.items(True, True)],
+            )
+            self._cache["reverie_step_plan"] = plan
+        return plan
+
+    def finalize_step(
+        self,
+        values: dict[NestedKey, torch.Tensor | None],
+        batch_size: torch.Size,
+        zeros: dict | None = None,
+    ) -> dict[NestedKey, torch.Tensor]:
+        """Turn the world model's ``"next"`` outputs into the env's step outputs.
+
+        Args:
+            values: for every observation, reward and done key, what the model wrote
+                under ``"next"`` (``None`` when it wrote nothing).
+            batch_size: batch size of the step, ``(*B,)``.
+            zeros: optional cache of all-False flags reused across calls.
+
+        Returns:
+            observations as written; rewards of shape ``(*B, *reward_spec)``; bool done flags
+            of shape ``(*B, *done_spec)``, completed as the class docstring describes.
+        """
+        obs_keys, reward_plan, done_plan = self._step_plan()
+        result: dict[NestedKey, torch.Tensor] = {}
+        for key in obs_keys:
+            value = values[key]
+            if value is None:
+                raise KeyError(
+                    f"WorldModelEnv: the world model did not write ('next', {key!r}), which the "
+                    "observation spec declares. Check the dynamics/decoder out_keys."
+                )
+            result[key] = value
+        for key, shape in reward_plan:
+            value = values[key]
+            if value is None:
+                raise KeyError(
+                    f"WorldModelEnv: the world model wrote no reward under ('next', {key!r}). "
+                    "Give it a reward_head with out_keys=[('next', "
+                    f"{key!r})]; rewards are never filled in with zeros."
+                )
+            result[key] = self._shaped(key, value, batch_size + shape)
+        flags = {}
+        for key, shape, _ in done_plan:
+            value = values[key]
+            if value is not None:
+                if value.dtype != torch.bool:
+                    value = value > 0 if self.done_logits else value > 0.5
+                flags[key] = self._shaped(key, value, batch_size + shape)
+        done, terminated = flags.get("done"), flags.get("terminated")
+        if done is None and terminated is not None:
+            truncated = flags.get("truncated")
+            flags["done"] = terminated if truncated is None else terminated | truncated
+        elif terminated is None and done is not None:
+            flags["terminated"] = done
+        for key, shape, dtype in done_plan:
+            flag = flags.get(key)
+            if flag is None:
+                full = batch_size + shape
+                flag = zeros.get((key, full)) if zeros is not None else None
+                if flag is None:
+                    flag = torch.zeros(full, dtype=dtype, device=self.device)
+                    if zeros is not None:
+                        zeros[(key, full)] = flag
+            result[key] = flag
+        return result
+
+    @staticmethod
+    def _shaped(key: NestedKey, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        if value.shape == shape:
+            return value
+        if value.numel() == shape.numel():
+            return value.reshape(shape)
+        raise ValueError(
+            f"WorldModelEnv: ('next', {key!r}) has shape {tuple(value.shape)} but the spec "
+            f"requires {tuple(shape)} (batch + spec shape). Make the head output match the spec."
+        )
