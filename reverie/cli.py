@@ -1,0 +1,278 @@
+"""The ``reverie`` console command.
+
+Usage::
+
+    reverie train ALGO [--env ENV] [--seed N] [--preset NAME ...] [field=value ...]
+    reverie train ALGO --help                 # every config field, its default and presets
+    reverie train --resume RUN_DIR [field=value ...]
+    reverie eval RUN_DIR [field=value ...]
+    reverie plot RUN_DIR [RUN_DIR ...] [--out FILE] [--keys PATTERN ...]
+
+Exit codes: 0 success, 2 usage error (unknown algorithm, preset or field, unparsable
+value, a recipe module that cannot be imported, not a run folder), 130 interrupted
+(the run can be resumed). Errors raised inside a recipe propagate with their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+from reverie import __version__
+from reverie.algorithms import ALGORITHMS, load_algorithm
+from reverie.runs import (
+    Run,
+    config_from_dict,
+    format_help,
+    plot_learning_curves,
+    read_run_info,
+    resolve_config,
+)
+
+__all__ = ["main"]
+
+
+class _UsageError(Exception):
+    """A user mistake: printed as ``reverie <cmd>: error: ...`` with exit code 2."""
+
+
+def _algorithms_text() -> str:
+    if not ALGORITHMS:
+        return "algorithms: (none registered)"
+    width = max(len(name) for name in ALGORITHMS)
+    lines = ["algorithms:"]
+    for name, (_module, description) in sorted(ALGORITHMS.items()):
+        lines.append(f"  {name.ljust(width)}  {description}".rstrip())
+    return "\n".join(lines)
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="reverie",
+        description="Model-based reinforcement learning recipes on PyTorch, TensorDict "
+        "and TorchRL.",
+        epilog=_algorithms_text()
+        + "\n\nexamples:\n"
+        + "  reverie train worldmodel --env Pendulum-v1\n"
+        + "  reverie train worldmodel --preset debug seed=3 lr=3e-4\n"
+        + "  reverie train worldmodel --help\n"
+        + "  reverie train --resume runs/worldmodel/Pendulum-v1/20250101-120000-s0\n"
+        + "  reverie plot runs/worldmodel/Pendulum-v1/* --out curves.png",
+        formatter_class=raw,
+    )
+    parser.add_argument("--version", action="version", version=f"reverie {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = sub.add_parser(
+        "train",
+        help="train a recipe (or resume a run)",
+        description="Train ALGO with its config: defaults, then --preset(s) in order, then "
+        "field=value overrides. `reverie train ALGO --help` lists the fields and presets.",
+        usage="reverie train ALGO [--env ENV] [--seed N] [--preset NAME ...] "
+        "[field=value ...]\n       reverie train --resume RUN_DIR [field=value ...]",
+        epilog=_algorithms_text(),
+        formatter_class=raw,
+        add_help=False,
+    )
+    train.add_argument(
+        "-h", "--help", action="store_true", help="show help (with ALGO: its config)"
+    )
+    train.add_argument("--env", help="environment id (sets the `env` field)")
+    train.add_argument("--seed", type=int, help="random seed (sets the `seed` field)")
+    train.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="named preset from the recipe's PRESETS; repeatable, later presets win",
+    )
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.add_argument("args", nargs="*", metavar="ALGO | field=value", help=argparse.SUPPRESS)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate a trained run with its recipe's evaluate()",
+        description="Call the recipe's evaluate(config) on a finished (or checkpointed) run. "
+        "The config is the run's saved config with run_dir=RUN_DIR, plus field=value overrides.",
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("overrides", nargs="*", metavar="field=value")
+
+    plot = sub.add_parser(
+        "plot",
+        help="overlay the learning curves of one or more runs",
+        description="One subplot per metric, one line per run, from each run's metrics.csv.",
+    )
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (or metrics.csv)")
+    plot.add_argument("--out", default="learning_curves.png", help="output PNG file")
+    plot.add_argument(
+        "--keys", nargs="+", metavar="PATTERN", help="metrics to plot, e.g. 'eval/*' 'train/loss_*'"
+    )
+    plot.add_argument("--title", help="figure title")
+    return parser, {"train": train, "eval": evaluate, "plot": plot}
+
+
+def _read_run(run_dir: str) -> tuple[str, dict]:
+    try:
+        return read_run_info(run_dir)
+    except FileNotFoundError as err:
+        raise _UsageError(str(err)) from None
+
+
+def _load(algo: str) -> ModuleType:
+    if algo not in ALGORITHMS:
+        raise _UsageError(
+            f"unknown algorithm {algo!r}. Known algorithms: {', '.join(sorted(ALGORITHMS))}."
+        )
+    try:
+        return load_algorithm(algo)
+    except ModuleNotFoundError as err:
+        path = ALGORITHMS[algo][0]
+        if err.name and (path == err.name or path.startswith(err.name + ".")):
+            raise _UsageError(
+                f"algorithm {algo!r} is registered as module {path!r}, which does not exist."
+            ) from None
+        raise _UsageError(
+            f"the {algo!r} recipe needs the package {err.name!r}, which is not installed "
+            "(see the optional dependencies in pyproject.toml)."
+        ) from None
+
+
+def _train(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
+    tokens = list(args.args) + list(extra)
+    bad = [t for t in tokens if t.startswith("-")]
+    if bad:
+        raise _UsageError(f"unrecognized option(s): {' '.join(bad)}")
+    positional = [t for t in tokens if "=" not in t]
+    overrides = [t for t in tokens if "=" in t]
+    if len(positional) > 1:
+        raise _UsageError(
+            f"expected one algorithm name, got {positional}; overrides are written field=value."
+        )
+    algo = positional[0] if positional else None
+
+    if args.resume:
+        saved_algo, saved = _read_run(args.resume)
+        if algo is not None and algo != saved_algo:
+            raise _UsageError(f"{args.resume} is a {saved_algo!r} run, not {algo!r}.")
+        algo = saved_algo
+    if algo is None:
+        if args.help:
+            parser.print_help()
+            return 0
+        raise _UsageError("missing ALGO (or --resume RUN_DIR). " + _algorithms_text())
+
+    module = _load(algo)
+    if args.help:
+        print(format_help(module.Config, prog=f"reverie train {algo}"), end="")
+        return 0
+
+    try:
+        if args.resume:
+            if args.preset or args.env is not None or args.seed is not None:
+                raise _UsageError(
+                    "--preset, --env and --seed cannot be combined with --resume "
+                    "(a resumed run keeps its config; change single fields with field=value)."
+                )
+            base = config_from_dict(module.Config, saved)
+            where = [f"resume={args.resume}", f"run_dir={args.resume}"]
+            config = resolve_config(module.Config, [], overrides + where, base=base)
+        else:
+            first = []
+            if args.env is not None:
+                first.append(f"env={args.env}")
+            if args.seed is not None:
+                first.append(f"seed={args.seed}")
+            config = resolve_config(module.Config, args.preset, first + overrides)
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+
+    Run.last_dir = None
+    try:
+        module.train(config)
+    except KeyboardInterrupt:
+        where = Run.last_dir
+        msg = "\nInterrupted."
+        if where is not None:
+            msg += f" Resume with:\n  reverie train --resume {where}"
+        print(msg, file=sys.stderr)
+        return 130
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    algo, saved = _read_run(args.run_dir)
+    module = _load(algo)
+    evaluate = getattr(module, "evaluate", None)
+    if evaluate is None:
+        print(
+            f"reverie eval: error: the {algo!r} recipe ({module.__name__}) has no "
+            "evaluate(config) function.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        base = config_from_dict(module.Config, saved)
+        config = resolve_config(module.Config, [], args.overrides, base=base)
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    config = dataclasses.replace(config, run_dir=str(args.run_dir), resume=None)
+    result = evaluate(config)
+    print(f"Evaluation of {args.run_dir} ({algo}):")
+    for name, value in (result or {}).items():
+        shown = f"{value:.6g}" if isinstance(value, float) else json.dumps(value, default=str)
+        print(f"  {name}: {shown}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    missing = [
+        r for r in args.runs if not (Path(r).is_file() or (Path(r) / "metrics.csv").exists())
+    ]
+    if missing:
+        raise _UsageError(f"no metrics.csv in: {', '.join(missing)}")
+    try:
+        out = plot_learning_curves(args.runs, args.out, keys=args.keys, title=args.title)
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    print(f"Learning curves: {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``reverie`` command with ``argv`` (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code (also for ``--help`` and usage errors, which do not raise).
+
+    >>> main(["train", "worldmodel", "--preset", "debug", "seed=1"])  # doctest: +SKIP
+    0
+    """
+    parser, subparsers = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as exc:  # --help, --version or an argparse usage error
+        return exc.code if isinstance(exc.code, int) else 0
+    command = args.command
+    try:
+        if command == "train":
+            return _train(args, extra, subparsers["train"])
+        if extra:
+            raise _UsageError(f"unrecognized arguments: {' '.join(extra)}")
+        if command == "eval":
+            return _eval(args)
+        return _plot(args)
+    except _UsageError as err:
+        print(f"reverie {command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""World-model diagnostics: open-loop prediction plots and the multi-step prediction error table.
+
+The usual entry point is :func:`run_diagnostics`, which writes ``open_loop.png``,
+``prediction_error.png``, ``prediction_error.csv`` and ``prediction_error.md`` into a
+folder and returns the errors dict. The pieces are available on their own:
+:func:`open_loop_predict`, :func:`prediction_errors`, :func:`write_error_table`,
+:func:`plot_open_loop` and :func:`plot_error_curve`.
+"""
+
+from reverie.diagnostics.open_loop import (
+    OpenLoopResult,
+    decoded_observation,
+    open_loop_predict,
+    plot_error_curve,
+    plot_open_loop,
+    prediction_errors,
+    run_diagnostics,
+    write_error_table,
+)
+
+__all__ = [
+    "OpenLoopResult",
+    "decoded_observation",
+    "open_loop_predict",
+    "plot_error_curve",
+    "plot_open_loop",
+    "prediction_errors",
+    "run_diagnostics",
+    "write_error_table",
+]

@@ -1,0 +1,140 @@
+"""The ``reverie`` command end to end, with the toy recipe in ``tests/toy_recipe.py``."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from reverie.algorithms import ALGORITHMS, register_algorithm
+from reverie.cli import main
+from reverie.runs import load_checkpoint
+
+torch.set_num_threads(1)
+
+DEBUG = ["--preset", "debug"]  # 60 steps, checkpoint every 20, eval every 10
+
+
+@pytest.fixture(autouse=True)
+def toy(monkeypatch):
+    """Register ``tests/toy_recipe.py`` as algorithm ``toy`` for the duration of a test."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    module = importlib.import_module("toy_recipe")
+    register_algorithm("toy", module.__name__, "toy regression recipe for the tests")
+    yield module
+    ALGORITHMS.pop("toy", None)
+
+
+def _metric_rows(run_dir: Path) -> list[tuple[int, str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [(int(r["step"]), r["name"], r["value"]) for r in csv.DictReader(f)]
+
+
+def test_help_lists_commands_and_algorithms(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "eval", "plot"):
+        assert command in out
+    for name, (_module, description) in ALGORITHMS.items():
+        assert name in out and description in out
+    assert "toy regression recipe for the tests" in out
+
+
+def test_train_algo_help_prints_config_help(capsys):
+    assert main(["train", "toy", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: reverie train toy" in out
+    for field in ("total_steps", "batch_size", "stop_after", "seed", "checkpoint_every"):
+        assert f"  {field}: " in out
+    assert "debug: total_steps=60" in out
+
+
+def test_unknown_algorithm_exits_2_and_lists_known(capsys):
+    assert main(["train", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown algorithm 'nope'" in err and "toy" in err
+
+
+def test_bad_override_and_preset_exit_2(capsys, tmp_path):
+    assert main(["train", "toy", "batch_size=big", f"run_dir={tmp_path}"]) == 2
+    assert "batch_size='big'" in capsys.readouterr().err
+    assert main(["train", "toy", "--preset", "huge"]) == 2
+    assert "Unknown preset 'huge'" in capsys.readouterr().err
+    assert main(["train", "toy", "--frobnicate"]) == 2
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_train_end_to_end(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["train", "toy", *DEBUG, "--seed", "3", "--env", "Toy-v0", f"run_dir={run_dir}"])
+    assert code == 0
+    for name in ("config.json", "metrics.csv", "learning_curve.png", "checkpoint.pt"):
+        assert (run_dir / name).stat().st_size > 0, name
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["algo"] == "toy"
+    assert saved["config"]["seed"] == 3 and saved["config"]["env"] == "Toy-v0"
+    assert saved["config"]["total_steps"] == 60 and saved["config"]["run_dir"] == str(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 60 and summary["eval/error"] < 0.05  # it did learn
+    rows = _metric_rows(run_dir)
+    assert [s for s, n, _ in rows if n == "train/loss"] == list(range(1, 61))
+    assert [s for s, n, _ in rows if n == "eval/error"] == list(range(10, 61, 10))
+    assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == 60
+    out = capsys.readouterr().out
+    assert f"Run folder: {run_dir}" in out and "learning_curve.png" in out
+
+    # reverie eval calls the recipe's evaluate() on the saved run
+    assert main(["eval", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "eval/error" in out and "step: 60" in out
+
+    # reverie plot overlays runs
+    assert main(["plot", str(run_dir), str(run_dir), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 0
+    assert main(["plot", str(tmp_path / "missing")]) == 2
+
+
+def test_eval_without_evaluate_is_a_clear_error(tmp_path, toy, monkeypatch, capsys):
+    assert main(["train", "toy", *DEBUG, "total_steps=5", f"run_dir={tmp_path}"]) == 0
+    monkeypatch.delattr(toy, "evaluate")
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "has no evaluate" in capsys.readouterr().err
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, capsys):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(["train", "toy", *DEBUG, f"run_dir={straight}"]) == 0
+
+    # killed after step 35: the last checkpoint is at step 20, rows 21..35 were logged
+    assert main(["train", "toy", *DEBUG, f"run_dir={killed}", "stop_after=35"]) == 130
+    assert f"reverie train --resume {killed}" in capsys.readouterr().err
+    assert load_checkpoint(killed / "checkpoint.pt")["step"] == 20
+    assert max(s for s, _, _ in _metric_rows(killed)) == 35
+    assert not (killed / "summary.json").exists()
+
+    # resume with the saved config; stop_after=none overrides the saved 35
+    assert main(["train", "--resume", str(killed), "stop_after=none"]) == 0
+
+    a = json.loads((straight / "summary.json").read_text())
+    b = json.loads((killed / "summary.json").read_text())
+    assert a == b  # exact: same final weights, loss and eval error
+    wa = load_checkpoint(straight / "checkpoint.pt")["model"]
+    wb = load_checkpoint(killed / "checkpoint.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    rows = _metric_rows(killed)
+    assert len({(s, n) for s, n, _ in rows}) == len(rows)  # no duplicated steps
+    assert rows == _metric_rows(straight)  # nothing lost, identical values
+    saved = json.loads((killed / "config.json").read_text())["config"]
+    assert saved["stop_after"] is None and saved["resume"] == str(killed)
+
+
+def test_resume_errors(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a reverie run folder" in capsys.readouterr().err
+    assert main(["train", "toy", *DEBUG, "total_steps=3", f"run_dir={tmp_path}"]) == 0
+    assert main(["train", "--resume", str(tmp_path), "--preset", "debug"]) == 2
+    assert "cannot be combined with --resume" in capsys.readouterr().err
