@@ -300,3 +300,14 @@ def test_world_model_in_a_collector_free_loop_is_a_plain_env():
     assert env.full_world_model is wm
     assert {id(p) for p in env.parameters()} >= {id(p) for p in wm.dynamics.parameters()}
     assert isinstance(wm, WorldModel)
+
+
+def test_starts_sliced_from_a_real_rollout_keep_their_dim_names_out():
+    wm = make_world_model()
+    env = WorldModelEnv(wm, SpecOnlyEnv())
+    real = TensorDict({"observation": torch.randn(10, 3)}, [10], names=["time"])
+    start = wm.encode(real[:4])
+    for policy in (policy_module(), None):  # fast path and generic path
+        r = env.rollout(3, policy, tensordict=start)
+        assert r.shape == (4, 3) and r.names == [None, "time"]
+    assert start.names == ["time"]  # the caller's tensordict is untouched

@@ -310,11 +310,16 @@ class WorldModelEnv(ModelBasedEnvBase):
         Real observations that the model does not predict (the encoder's inputs and the
         base env's other observation keys, e.g. ``"observation"`` next to the encoded
         latent) are dropped, so a rollout does not carry a stale copy of them through
-        every imagined step.
+        every imagined step. Dim names of the start's batch dims are dropped (a start
+        sliced from a real rollout has a ``"time"`` dim; the rollout adds its own).
         """
         if tensordict is not None:
             # a shallow copy: the caller's start tensordict is left as it was
             tensordict = tensordict.exclude(*self._unmodelled_keys).copy()
+            # starts taken from a real rollout carry a "time" dim name; imagination adds
+            # its own "time" dim, so the start's batch dims are left unnamed
+            if any(name is not None for name in tensordict.names):
+                tensordict.names = None
         return super().reset(tensordict, **kwargs)
 
     def maybe_reset(self, tensordict: TensorDictBase) -> TensorDictBase:
