@@ -152,10 +152,13 @@ class ImaginedEnv(ModelBasedEnvBase):
         if tensordict is None:
             tensordict = TensorDict(batch_size=self.batch_size, device=self.device)
         lead = tensordict.batch_size
-        mean = tensordict.get(("observation", "mean"), None)
-        var = tensordict.get(("observation", "var"), None)
+        observation = tensordict.get("observation", None)
+        mean = var = None
+        if isinstance(observation, TensorDictBase):
+            mean, var = observation.get("mean", None), observation.get("var", None)
         if mean is None or var is None:
-            point = tensordict.get("observation", None)
+            # a plain point (a belief with only one of mean/var is not a point)
+            point = observation if isinstance(observation, torch.Tensor) else None
             if point is None:
                 point = self._point_spec.rand(lead)
             point = point.to(self.device)

@@ -82,8 +82,9 @@ class ModelBasedEnvBase(EnvBase):
         ...         self.observation_spec = Composite(obs=Unbounded((3,)))
         ...         self.action_spec = Unbounded((3,))
         ...         self.reward_spec = Unbounded((1,))
-        ...     def _reset(self, td):
-        ...         return TensorDict({"obs": torch.zeros(*td.batch_size, 3)}, td.batch_size)
+        ...     def _reset(self, td=None):  # td is None for env.reset() and collectors
+        ...         batch = self.batch_size if td is None else td.batch_size
+        ...         return TensorDict({"obs": torch.zeros(*batch, 3)}, batch)
         >>> model = TensorDictModule(
         ...     lambda obs, a: (obs + a, (obs + a).sum(-1, keepdim=True)),
         ...     in_keys=["obs", "action"], out_keys=["obs", "reward"])
@@ -91,6 +92,8 @@ class ModelBasedEnvBase(EnvBase):
         >>> start = TensorDict(batch_size=[4])
         >>> env.rollout(5, tensordict=start)["next", "reward"].shape
         torch.Size([4, 5, 1])
+        >>> env.rollout(5)["next", "reward"].shape
+        torch.Size([5, 1])
     """
 
     def __new__(cls, *args, **kwargs):

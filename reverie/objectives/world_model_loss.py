@@ -82,17 +82,18 @@ class WorldModelLoss(LossModule):
 
     Keyword Args:
         losses: subset of ``{"reward", "done", "reconstruction", "latent"}``
-            (default ``["reward"]``).
+            (default ``["reward"]``), each at most once; the output keeps this order.
         reward_loss, reconstruction_loss, latent_loss: ``l1 | l2 | smooth_l1``.
         done_loss: ``l1 | l2 | smooth_l1 | bce`` (bce on logits).
         reward_weight, done_weight, reconstruction_weight, latent_weight: weights.
 
     Returns (forward):
-        a TensorDict of scalar ``loss_<name>`` entries, one per selected loss.
+        a TensorDict of scalar ``loss_<name>`` entries, one per selected loss, in the
+        order of ``losses``.
 
     Raises:
-        ValueError: an unknown loss or distance name (the message lists valid ones), or a
-            prediction whose shape differs from its target's.
+        ValueError: an unknown or repeated loss name, an unknown distance name (the
+            message lists valid ones), or a prediction whose shape differs from its target's.
         KeyError: a ground-truth or predicted key is missing (named in the message).
 
     Examples:
@@ -166,6 +167,9 @@ class WorldModelLoss(LossModule):
             )
         if not losses:
             raise ValueError(f"WorldModelLoss needs at least one loss of {list(self.VALID_LOSSES)}.")
+        duplicates = sorted({name for name in losses if losses.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"WorldModelLoss: loss(es) {duplicates} requested more than once.")
         for arg, value, valid in (
             ("reward_loss", reward_loss, _DISTANCES),
             ("done_loss", done_loss, (*_DISTANCES, "bce")),
@@ -247,7 +251,8 @@ class WorldModelLoss(LossModule):
                 self._get(td, keys.target_latent, "the target latent"),
             )
         out = {}
-        for name, (prediction, target) in terms.items():
+        for name in self.losses:  # the caller's order
+            prediction, target = terms[name]
             if name == "done" and self.distances["done"] != "bce":
                 prediction = prediction.float()
             try:
