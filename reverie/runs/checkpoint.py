@@ -6,9 +6,10 @@ state from :func:`capture_rng_state`. :func:`save_checkpoint` writes it atomical
 so a run killed mid-save keeps its previous checkpoint.
 
 >>> import tempfile, torch
->>> path = tempfile.mkdtemp() + "/checkpoint.pt"
->>> _ = save_checkpoint(path, {"step": 10, "w": torch.ones(2), "rng": capture_rng_state()})
->>> state = load_checkpoint(path)
+>>> with tempfile.TemporaryDirectory() as folder:
+...     path = folder + "/checkpoint.pt"
+...     _ = save_checkpoint(path, {"step": 10, "w": torch.ones(2), "rng": capture_rng_state()})
+...     state = load_checkpoint(path)
 >>> state["step"], state["w"].tolist()
 (10, [1.0, 1.0])
 >>> restore_rng_state(state["rng"])

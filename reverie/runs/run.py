@@ -279,8 +279,7 @@ class Run:
     def path(self, name: str) -> Path:
         """Path of an extra file in the run folder (e.g. a diagnostic plot); creates subfolders.
 
-        >>> run.path("diagnostics/open_loop.png")  # doctest: +SKIP
-        PosixPath('runs/worldmodel/Pendulum-v1/20250101-120000-s0/diagnostics/open_loop.png')
+        Example: ``run.path("diagnostics/open_loop.png")`` -> ``<dir>/diagnostics/open_loop.png``.
         """
         path = self.dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
