@@ -209,7 +209,7 @@ def test_gradients_flow_through_imagination_to_policy_and_model():
 # --------------------------------------------------------------------------- fast path
 def _assert_identical(a, b):
     assert a.batch_size == b.batch_size
-    assert a.names == b.names
+    assert a.names == b.names and a["next"].names == b["next"].names
     assert set(a.keys(True, True)) == set(b.keys(True, True))
     for key in a.keys(True, True):
         x, y = a.get(key), b.get(key)
