@@ -7,6 +7,7 @@ Usage::
     reverie train --resume RUN_DIR [field=value ...]
     reverie eval RUN_DIR [field=value ...]
     reverie plot RUN_DIR [RUN_DIR ...] [--out FILE] [--keys PATTERN ...]
+    reverie seeds ALGO --env ENV --seeds 0 1 2 [--jobs 2] [--threshold X] --out DIR [...]
 
 Exit codes: 0 success, 2 usage error (unknown algorithm, preset or field, unparsable
 value, a recipe module that cannot be imported, not a run folder), 130 interrupted
@@ -33,6 +34,7 @@ from reverie.runs import (
     read_run_info,
     resolve_config,
 )
+from reverie.runs.seeds import run_seeds
 
 __all__ = ["main"]
 
@@ -115,7 +117,27 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         "--keys", nargs="+", metavar="PATTERN", help="metrics to plot, e.g. 'eval/*' 'train/loss_*'"
     )
     plot.add_argument("--title", help="figure title")
-    return parser, {"train": train, "eval": evaluate, "plot": plot}
+
+    seeds = sub.add_parser(
+        "seeds",
+        help="train several seeds as parallel processes and collect a learning result",
+        description="Run `reverie train ALGO` once per seed (--jobs processes at a time, one "
+        "torch thread each), resume unfinished seeds, then write seed_<s>.csv, "
+        "learning_curve.png and summary.json (command, seeds, env_steps, eval_return, "
+        "threshold, wall_clock_s) into --out.",
+    )
+    seeds.add_argument("algo", metavar="ALGO")
+    seeds.add_argument("--env", required=True, help="environment id")
+    seeds.add_argument("--seeds", type=int, nargs="+", required=True, help="seeds to run")
+    seeds.add_argument("--jobs", type=int, default=2, help="processes at a time (default 2)")
+    seeds.add_argument("--preset", action="append", default=[], metavar="NAME")
+    seeds.add_argument("--threshold", type=float, help="return a seed must reach")
+    seeds.add_argument("--metric", default="eval/return", help="summary metric compared")
+    seeds.add_argument("--extra", nargs="*", default=[], help="more per-seed summary keys")
+    seeds.add_argument("--out", required=True, help="results folder, e.g. docs/results/A/ENV")
+    seeds.add_argument("--runs-root", help="where run folders go (default runs/seeds/ALGO/ENV)")
+    seeds.add_argument("overrides", nargs="*", metavar="field=value")
+    return parser, {"train": train, "eval": evaluate, "plot": plot, "seeds": seeds}
 
 
 def _read_run(run_dir: str) -> tuple[str, dict]:
@@ -245,6 +267,19 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(args: argparse.Namespace, argv: list[str]) -> int:
+    _load(args.algo)  # fail early on an unknown algorithm
+    summary = run_seeds(
+        args.algo, args.env, args.seeds, out_dir=args.out, presets=args.preset,
+        overrides=args.overrides, jobs=args.jobs, runs_root=args.runs_root,
+        threshold=args.threshold, metric=args.metric, extra_keys=args.extra,
+        command="reverie " + " ".join(argv),
+    )
+    print(json.dumps(summary, indent=2))
+    print(f"Results: {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``reverie`` command with ``argv`` (default ``sys.argv[1:]``).
 
@@ -264,10 +299,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "train":
             return _train(args, extra, subparsers["train"])
+        if command == "seeds":  # field=value tokens after options land in `extra`
+            args.overrides += [t for t in extra if "=" in t and not t.startswith("-")]
+            extra = [t for t in extra if t not in args.overrides]
         if extra:
             raise _UsageError(f"unrecognized arguments: {' '.join(extra)}")
         if command == "eval":
             return _eval(args)
+        if command == "seeds":
+            return _seeds(args, argv)
         return _plot(args)
     except _UsageError as err:
         print(f"reverie {command}: error: {err}", file=sys.stderr)

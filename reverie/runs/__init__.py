@@ -30,6 +30,7 @@ from .config import (
 )
 from .plots import plot_learning_curves, read_metrics
 from .run import Run, read_run_info
+from .seeds import collect_results, run_seeds
 
 __all__ = [
     "RunConfig",
@@ -52,4 +53,6 @@ __all__ = [
     "seed_everything",
     "plot_learning_curves",
     "read_metrics",
+    "run_seeds",
+    "collect_results",
 ]
