@@ -1,5 +1,14 @@
 """Losses: thin ``LossModule``s over pure functions."""
 
+from reverie.objectives.ensemble_fit import fit_ensemble, member_mse
+from reverie.objectives.ensemble_loss import EnsembleNLLLoss, gaussian_nll
 from reverie.objectives.world_model_loss import WorldModelLoss, distance
 
-__all__ = ["WorldModelLoss", "distance"]
+__all__ = [
+    "EnsembleNLLLoss",
+    "WorldModelLoss",
+    "distance",
+    "fit_ensemble",
+    "gaussian_nll",
+    "member_mse",
+]
