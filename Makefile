@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/reverie train worldmodel --env Pendulum-v1
+	$(VENV)/bin/reverie train pets --env Pendulum-v1
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check reverie tests benchmarks
@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_imagination.py
+	$(PY) benchmarks/bench_planner.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

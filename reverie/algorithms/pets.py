@@ -41,7 +41,7 @@ from torchrl.envs import GymEnv
 from reverie.diagnostics import run_diagnostics
 from reverie.envs import WorldModelEnv, known_termination, reward_module, termination_module
 from reverie.envs.known_models import KNOWN_REWARDS
-from reverie.modules import EnsembleDynamics, WorldModel
+from reverie.modules import EnsembleDynamics, WorldModel, mlp
 from reverie.objectives import EnsembleNLLLoss, WorldModelLoss, fit_ensemble
 from reverie.planners import CEMPlanner, ICEMPlanner, MPPIPlanner, PlannerPolicy, rollout_objective
 from reverie.runs import Run, RunConfig, cfg
@@ -102,12 +102,6 @@ class Config(RunConfig):
 
 
 # ----------------------------------------------------------------------------- model
-def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-        nn.Linear(hidden, n_out),
-    )
-
 
 def make_world_model(config: Config, obs_dim: int, action_dim: int):
     """Identity encoder (the latent is the observation), ensemble dynamics, reward, done."""

@@ -39,7 +39,7 @@ from torchrl.envs import GymEnv
 
 from reverie.diagnostics import decoded_observation, run_diagnostics
 from reverie.envs import WorldModelEnv
-from reverie.modules import WorldModel
+from reverie.modules import WorldModel, mlp
 from reverie.objectives import WorldModelLoss
 from reverie.runs import Run, RunConfig, cfg, load_checkpoint
 
@@ -112,12 +112,6 @@ class Unnormalize(nn.Module):
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.normalizer.inverse(latent)
 
-
-def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-        nn.Linear(hidden, n_out),
-    )
 
 
 def make_world_model(obs_dim: int, action_dim: int, hidden: int) -> tuple[WorldModel, Normalizer]:
