@@ -22,21 +22,33 @@ def test_pets_learns_to_reach_the_point_mass_target(tmp_path):
     assert summary["eval/return"] > -12.0, summary
 
 
-@pytest.mark.parametrize("reward", ["known", "learned"])
-def test_pets_debug_run_through_the_cli(tmp_path, reward):
+@pytest.mark.parametrize(("reward", "planner"), [("known", "mppi"), ("learned", "icem")])
+def test_pets_debug_run_through_the_cli(tmp_path, reward, planner):
     run_dir = tmp_path / reward
     code = main(["train", "pets", "--env", "Pendulum-v1", "--preset", "debug",
-                 f"reward={reward}", f"run_dir={run_dir}", "progress=false"])
+                 f"reward={reward}", f"planner={planner}", f"run_dir={run_dir}", "progress=false"])
     assert code == 0
     for name in ["config.json", "metrics.csv", "learning_curve.png", "checkpoint.pt",
                  "summary.json", "diagnostics/open_loop.png"]:
         assert (run_dir / name).stat().st_size > 0, name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 120 and len(summary["eval/returns"]) == 1
+    assert json.loads((run_dir / "config.json").read_text())["config"]["planner"] == planner
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert state["episode"] == 3
     if reward == "learned":
         assert "reward_optim" in state
+
+
+def test_make_planner_builds_each_planner():
+    from torchrl.data import Bounded
+
+    from reverie.planners import CEMPlanner, ICEMPlanner, MPPIPlanner
+
+    spec = Bounded(-2.0, 2.0, (1,))
+    for name, cls in [("cem", CEMPlanner), ("mppi", MPPIPlanner), ("icem", ICEMPlanner)]:
+        planner = pets.make_planner(pets.Config(planner=name, horizon=7), spec)
+        assert type(planner) is cls and planner.horizon == 7
 
 
 def test_known_reward_required_for_reward_known(tmp_path):
