@@ -334,8 +334,15 @@ class GaussianEnsemble(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x (K, B, in) -> (mean, logvar)`` each ``(K, B, out)``, member ``members[k]`` on ``x[k]``."""
         h = (x - self.input_mean) / self.input_std
-        for layer in self.layers:
-            h = self.activation(layer(h, members))  # (K, B, hidden)
+        if torch.is_grad_enabled() or type(self.activation) is not nn.SiLU:
+            for layer in self.layers:
+                h = self.activation(layer(h, members))  # (K, B, hidden)
+        else:  # inference (planning): same ops, no per-layer checks, activations in place
+            for layer in self.layers:
+                weight, bias = layer.weight, layer.bias
+                if members is not None:
+                    weight, bias = weight.index_select(0, members), bias.index_select(0, members)
+                h = torch.nn.functional.silu(torch.baddbmm(bias.unsqueeze(1), h, weight), inplace=True)
         mean, raw = self.head(h, members).chunk(2, dim=-1)  # (K, B, out) each
         return mean, soft_bound_logvar(raw, self.min_logvar, self.max_logvar)
 
