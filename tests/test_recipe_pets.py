@@ -35,7 +35,8 @@ def test_pets_debug_run_through_the_cli(tmp_path, reward, planner):
     assert summary["env_steps"] == 120 and len(summary["eval/returns"]) == 1
     assert json.loads((run_dir / "config.json").read_text())["config"]["planner"] == planner
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert state["episode"] == 3
+    assert state["episode"] == 3 and state["final_fit"]
+    assert main(["eval", str(run_dir), "eval_episodes=1"]) == 0  # reverie eval reloads the model
     if reward == "learned":
         assert "reward_optim" in state
 

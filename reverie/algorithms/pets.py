@@ -44,7 +44,7 @@ from reverie.envs.known_models import KNOWN_REWARDS
 from reverie.modules import EnsembleDynamics, WorldModel, mlp
 from reverie.objectives import EnsembleNLLLoss, WorldModelLoss, fit_ensemble
 from reverie.planners import CEMPlanner, ICEMPlanner, MPPIPlanner, PlannerPolicy, rollout_objective
-from reverie.runs import Run, RunConfig, cfg
+from reverie.runs import Run, RunConfig, cfg, load_checkpoint
 
 NAME = "pets"
 
@@ -130,6 +130,18 @@ def make_world_model(config: Config, obs_dim: int, action_dim: int):
     return world_model, dynamics
 
 
+def make_policy(config: Config, world_model: WorldModel, env) -> PlannerPolicy:
+    """MPC: plan in a WorldModelEnv from each real observation, act with the first action."""
+    imagination = WorldModelEnv(world_model, env)
+    planner = make_planner(config, imagination.action_spec)
+
+    def objective_factory(td):  # real observation (*E,) -> objective over (*E, N, H, A)
+        start = world_model.encode(td.select("observation"))
+        return rollout_objective(imagination, start, particles=config.particles)
+
+    return PlannerPolicy(planner, objective_factory)
+
+
 def make_planner(config: Config, action_spec):
     common = {"action_spec": action_spec, "horizon": config.horizon}
     if config.planner == "cem":
@@ -160,24 +172,17 @@ def train(config: Config) -> dict:
         reward_loss = WorldModelLoss(world_model, losses=["reward"])
         reward_optim = torch.optim.Adam(world_model.reward_head.parameters(), lr=config.lr)
 
-    imagination = WorldModelEnv(world_model, env)
-    planner = make_planner(config, imagination.action_spec)
-
-    def objective_factory(td):  # real observation (*E,) -> objective over (*E, N, H, A)
-        start = world_model.encode(td.select("observation"))
-        return rollout_objective(imagination, start, particles=config.particles)
-
-    policy = PlannerPolicy(planner, objective_factory)
+    policy = make_policy(config, world_model, env)
     buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size), batch_size=256)
 
-    step, episode, state = 0, 0, run.load()
+    step, episode, final_fit, state = 0, 0, False, run.load()
     if state is not None:
         world_model.load_state_dict(state["model"])
         model_optim.load_state_dict(state["model_optim"])
         if reward_optim is not None:
             reward_optim.load_state_dict(state["reward_optim"])
         buffer.load_state_dict(state["buffer"])
-        step, episode = state["step"], state["episode"]
+        step, episode, final_fit = state["step"], state["episode"], state["final_fit"]
 
     def fit() -> dict:
         data = buffer[:]
@@ -196,6 +201,14 @@ def train(config: Config) -> dict:
                 reward_optim.step()
             metrics["train/loss_reward"] = loss.item()
         return metrics
+
+    def save() -> None:
+        state = {"step": step, "episode": episode, "final_fit": final_fit,
+                 "model": world_model.state_dict(), "model_optim": model_optim.state_dict(),
+                 "buffer": buffer.state_dict()}
+        if reward_optim is not None:
+            state["reward_optim"] = reward_optim.state_dict()
+        run.save(state)
 
     @torch.no_grad()
     def episode_with(policy_or_none, seed: int):
@@ -220,20 +233,15 @@ def train(config: Config) -> dict:
         run.log(metrics, step)
         run.progress_postfix(run.latest)
         if run.checkpoint_due(step) or episode == config.episodes:
-            state = {"step": step, "episode": episode, "model": world_model.state_dict(),
-                     "model_optim": model_optim.state_dict(), "buffer": buffer.state_dict()}
-            if reward_optim is not None:
-                state["reward_optim"] = reward_optim.state_dict()
-            run.save(state)
+            save()
     bar.close()
 
     # ------------------------------------------------------------------ evaluation
-    if config.episodes > config.random_episodes:  # the last model was fit before its episode
-        fit()
-    returns = [
-        episode_with(policy, 10_000 + 1000 * config.seed + i)["next", "reward"].sum().item()
-        for i in range(config.eval_episodes)
-    ]
+    if not final_fit and config.episodes > config.random_episodes:
+        fit()  # the last episode's data was collected after the last fit
+        final_fit = True
+        save()
+    returns = evaluate_policy(policy, env, config)
     eval_return = sum(returns) / len(returns)
     run.log({"eval/return": eval_return}, step)
     errors = diagnose(world_model, dynamics, env, config, run.path("diagnostics"))
@@ -243,6 +251,32 @@ def train(config: Config) -> dict:
         **{f"wm/obs_rmse@{k}": errors["obs_rmse"][k - 1] for k in sorted({1, min(10, h), h})},
     }
     return run.finish(summary)
+
+
+@torch.no_grad()
+def evaluate_policy(policy: PlannerPolicy, env, config: Config) -> list[float]:
+    """Returns of ``eval_episodes`` planner episodes from fixed, seed-dependent start states."""
+    returns = []
+    for i in range(config.eval_episodes):
+        env.set_seed(10_000 + 1000 * config.seed + i)
+        policy.reset()
+        returns.append(env.rollout(config.max_episode_steps, policy)["next", "reward"].sum().item())
+    return returns
+
+
+def evaluate(config: Config) -> dict:
+    """Evaluate the checkpoint in ``config.run_dir`` (used by ``reverie eval``)."""
+    state = load_checkpoint(f"{config.run_dir}/checkpoint.pt")
+    if state is None:
+        raise FileNotFoundError(f"No checkpoint.pt in {config.run_dir}.")
+    env = GymEnv(config.env)
+    world_model, _ = make_world_model(
+        config, env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+    )
+    world_model.load_state_dict(state["model"])
+    returns = evaluate_policy(make_policy(config, world_model, env), env, config)
+    return {"eval/return": sum(returns) / len(returns), "eval/returns": returns,
+            "env_steps": state["step"]}
 
 
 def diagnose(world_model, dynamics, env, config: Config, out_dir) -> dict:
