@@ -217,8 +217,7 @@ def train(config: Config) -> dict:
             policy_or_none.reset()
         return env.rollout(config.max_episode_steps, policy_or_none)
 
-    bar = run.progress(config.episodes * config.max_episode_steps, "env steps")
-    bar.update(step)
+    bar = run.progress(config.episodes * config.max_episode_steps, "env steps")  # from `step`
     while episode < config.episodes:
         metrics = {}
         random = episode < config.random_episodes
