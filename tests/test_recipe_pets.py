@@ -56,3 +56,14 @@ def test_known_reward_required_for_reward_known(tmp_path):
     config = pets.Config(env="MountainCarContinuous-v0", run_dir=str(tmp_path / "x"))
     with pytest.raises(ValueError, match="reward=learned"):
         pets.make_world_model(config, 2, 1)
+
+
+def test_pets_on_a_terminating_mujoco_task(tmp_path):
+    """InvertedPendulum-v5: float64 observations, a known termination, short random episodes."""
+    pytest.importorskip("mujoco")
+    config = pets.Config(env="InvertedPendulum-v5", episodes=2, max_episode_steps=30,
+                         eval_episodes=1, hidden=16, max_epochs=3, candidates=16, elites=4,
+                         iterations=1, horizon=5, run_dir=str(tmp_path / "ip"), progress=False)
+    summary = pets.train(config)
+    assert 0 < summary["env_steps"] <= 60
+    assert summary["eval/return"] >= 1

@@ -36,7 +36,7 @@ import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.data import LazyTensorStorage, ReplayBuffer
-from torchrl.envs import GymEnv
+from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 
 from reverie.diagnostics import run_diagnostics
 from reverie.envs import WorldModelEnv, known_termination, reward_module, termination_module
@@ -130,6 +130,14 @@ def make_world_model(config: Config, obs_dim: int, action_dim: int):
     return world_model, dynamics
 
 
+def make_env(name: str):
+    """The Gymnasium task; float64 observations (MuJoCo) are cast to float32."""
+    env = GymEnv(name)
+    if any(spec.dtype == torch.float64 for spec in env.observation_spec.values(True, True)):
+        env = TransformedEnv(env, DoubleToFloat())
+    return env
+
+
 def make_policy(config: Config, world_model: WorldModel, env) -> PlannerPolicy:
     """MPC: plan in a WorldModelEnv from each real observation, act with the first action."""
     imagination = WorldModelEnv(world_model, env)
@@ -159,7 +167,7 @@ def train(config: Config) -> dict:
     """Run PETS; returns the final metrics (also written to ``summary.json``)."""
     run = Run(NAME, config)
     config = run.config
-    env = GymEnv(config.env)
+    env = make_env(config.env)
     obs_dim = env.observation_spec["observation"].shape[-1]
     action_dim = env.action_spec.shape[-1]
 
@@ -268,7 +276,7 @@ def evaluate(config: Config) -> dict:
     state = load_checkpoint(f"{config.run_dir}/checkpoint.pt")
     if state is None:
         raise FileNotFoundError(f"No checkpoint.pt in {config.run_dir}.")
-    env = GymEnv(config.env)
+    env = make_env(config.env)
     world_model, _ = make_world_model(
         config, env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
     )
@@ -284,12 +292,16 @@ def diagnose(world_model, dynamics, env, config: Config, out_dir) -> dict:
     with torch.no_grad():
         held_out = env.rollout(max(config.max_episode_steps, config.diagnostics_horizon + 1),
                                break_when_any_done=False)
+    # random actions end early on tasks that terminate: shorten H to the longest episode
+    ends = held_out["next", "done"].reshape(-1).nonzero().flatten().tolist()
+    bounds = [-1, *ends, held_out.shape[0] - 1]
+    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
     sample, propagation = dynamics.sample, dynamics.propagation
     dynamics.sample, dynamics.propagation = False, "mean"
     try:
         return run_diagnostics(
             world_model, held_out, out_dir,
-            horizon=min(config.diagnostics_horizon, held_out.shape[0]),
+            horizon=max(1, min(config.diagnostics_horizon, held_out.shape[0], longest)),
             predicted_observation=("next", "latent"),
         )
     finally:
