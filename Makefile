@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/reverie train pets --env Pendulum-v1
+	$(VENV)/bin/reverie train pets --env Pendulum-v1 episodes=10 eval_episodes=3
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check reverie tests benchmarks
