@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: a CPU wheel is provided on these machines; an unpinned
 	# torch would pull gigabytes of CUDA packages.
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,gp]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,6 +32,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_imagination.py
 	$(PY) benchmarks/bench_planner.py
+	$(PY) benchmarks/bench_pilco.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -17,6 +17,10 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
         "reverie.algorithms.world_model",
         "fit a WorldModel to real transitions and report open-loop diagnostics",
     ),
+    "pilco": (
+        "reverie.algorithms.pilco",
+        "PILCO: GP dynamics + moment matching + analytic policy gradients (RBF controller)",
+    ),
     "pets": (
         "reverie.algorithms.pets",
         "PETS: probabilistic ensemble + trajectory sampling + MPC (CEM/MPPI/iCEM)",

@@ -1,6 +1,7 @@
 """Rollout: imagination environments built on TorchRL's ``EnvBase``, and task knowledge."""
 
-from reverie.envs import toy  # noqa: F401  (registers reverie/PointMass1D-v0)
+from reverie.envs import cartpole_swingup, toy  # noqa: F401  (register reverie/* Gymnasium ids)
+from reverie.envs.cartpole_swingup import CartPoleSwingUp
 from reverie.envs.imagined import ImaginedEnv
 from reverie.envs.known_models import (
     KNOWN_REWARDS,
@@ -10,14 +11,17 @@ from reverie.envs.known_models import (
     reward_module,
     termination_module,
 )
+from reverie.envs.mean_action import MeanActionSelector
 from reverie.envs.model_based import ModelBasedEnvBase
 from reverie.envs.toy import PointMass1D
 from reverie.envs.world_model_env import WorldModelEnv
 
 __all__ = [
+    "CartPoleSwingUp",
     "ImaginedEnv",
     "KNOWN_REWARDS",
     "KNOWN_TERMINATIONS",
+    "MeanActionSelector",
     "ModelBasedEnvBase",
     "PointMass1D",
     "WorldModelEnv",

@@ -25,7 +25,7 @@ class ImaginedEnv(ModelBasedEnvBase):
     ``next_observation_key`` (``(..., "mean")`` and ``(..., "var")``). The env never
     terminates: rollout length is ``max_steps``.
 
-    Rewards come from ``reward_module``, called after the world model on the step's
+    Rewards (in the belief's dtype) come from ``reward_module``, called after the world model on the step's
     tensordict; it must write ``("next", "reward")`` of shape ``(*B, 1)`` (e.g. minus the
     expected saturating cost of the next belief). Without a reward module the reward is
     ``NaN`` - a visible "not computed", never a silent zero.
@@ -104,7 +104,10 @@ class ImaginedEnv(ModelBasedEnvBase):
         self.action_spec = element(base_env.action_spec).expand(
             *batch_size, *element(base_env.action_spec).shape
         ).clone()
+        # rewards are computed from the belief (e.g. an expected cost): the belief's dtype
         reward_spec = element(base_env.full_reward_spec)
+        if base_obs.dtype.is_floating_point:
+            reward_spec = reward_spec.to(base_obs.dtype)
         self.reward_spec = reward_spec.expand(batch_size).clone()
         done_spec = element(base_env.full_done_spec)
         self.done_spec = done_spec.expand(batch_size).clone()

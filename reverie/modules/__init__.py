@@ -1,7 +1,18 @@
 """Prediction modules: world models and their components."""
 
 from reverie.modules.ensemble import EnsembleDynamics, EnsembleLinear, GaussianEnsemble
+from reverie.modules.gp_world_model import GPWorldModel
 from reverie.modules.mlp import mlp
+from reverie.modules.rbf_controller import RBFController
 from reverie.modules.world_model import WorldModel, WorldModelStep
 
-__all__ = ["EnsembleDynamics", "EnsembleLinear", "GaussianEnsemble", "WorldModel", "WorldModelStep", "mlp"]
+__all__ = [
+    "EnsembleDynamics",
+    "EnsembleLinear",
+    "GPWorldModel",
+    "GaussianEnsemble",
+    "RBFController",
+    "WorldModel",
+    "WorldModelStep",
+    "mlp",
+]

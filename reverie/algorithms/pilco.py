@@ -1,0 +1,329 @@
+"""Recipe ``pilco``: probabilistic inference for learning control (Deisenroth & Rasmussen, 2011).
+
+https://www.doc.ic.ac.uk/~mpd37/publications/pilco_icml2011.pdf. Reads top to bottom:
+config -> task -> env -> model -> cost -> loop.
+
+1. Run ``random_trials`` trials with uniform random actions.
+2. Every trial: fit the :class:`~reverie.modules.GPWorldModel` (one GP per state dimension,
+   marginal likelihood, needs ``reverie[gp]``) on the (most recent ``max_gp_points``)
+   transitions; optimise the :class:`~reverie.modules.RBFController` by gradients of the
+   expected saturating cost (:class:`~reverie.objectives.ExponentialQuadraticCost`) summed
+   over a ``horizon``-step Gaussian-belief rollout in an :class:`~reverie.envs.ImaginedEnv`
+   (moment matching, no sampling); run the controller on the real env for one trial through
+   :class:`~reverie.envs.MeanActionSelector`; add the data.
+3. A trial is *solved* when the pole stays upright (``|angle| < 0.2`` rad) through the final
+   second; with ``stop_when_solved`` the loop ends there. Then ``eval_episodes`` evaluation
+   episodes from fresh start states, and the imagined-vs-real plot.
+
+Tasks (:data:`TASKS`): ``reverie/CartPoleSwingUp-v0`` (PILCO's cart-pole swing-up, 3 s
+trials, the default), ``Pendulum-v1`` (swing-up from hanging down, action repeat 2) and
+``InvertedPendulum-v5`` (MuJoCo, the published recipe's default). Per-task defaults fill the
+fields left at 0.
+
+Logged metrics (``step`` = real env steps): ``train/trial_return``, ``train/trial_upright``
+(1 if solved), ``train/imagined_cost`` (optimised expected cost), ``train/gp_mll``,
+``train/gp_points``, ``train/fit_s``, ``train/policy_s``; ``eval/return`` and
+``eval/solved_fraction``. ``summary.json`` adds ``solved`` and ``trials`` (controller
+trials until the first solved one).
+
+Presets: the defaults are PILCO's (50 basis functions, L-BFGS policy search) sized for one
+CPU core per seed; ``debug`` is a 30-second smoke run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torchrl.envs import DTypeCastTransform, GymEnv, GymWrapper, TransformedEnv
+
+from reverie.envs import ImaginedEnv, MeanActionSelector
+from reverie.envs.cartpole_swingup import swingup_cost_matrix
+from reverie.modules import GPWorldModel, RBFController
+from reverie.objectives import ExponentialQuadraticCost
+from reverie.runs import Run, RunConfig, cfg, load_checkpoint
+
+NAME = "pilco"
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class Config(RunConfig):
+    """PILCO: GP dynamics, moment-matching policy evaluation, analytic policy gradients."""
+
+    env: str = cfg("reverie/CartPoleSwingUp-v0", f"Task, one of: {', '.join(['reverie/CartPoleSwingUp-v0', 'Pendulum-v1', 'InvertedPendulum-v5'])}.")
+    trials: int = cfg(15, "Controller trials on the real env (after the random ones).")
+    random_trials: int = cfg(1, "Trials with uniform random actions collected first.")
+    trial_steps: int = cfg(0, "Real steps per trial (0: the task's default).")
+    horizon: int = cfg(0, "Imagined steps per policy evaluation (0: trial_steps).")
+    n_basis: int = cfg(0, "RBF controller basis functions (0: the task's default).")
+    max_gp_points: int = cfg(300, "Most recent transitions the GP conditions on (cost O(n^2) per step).")
+    gp_max_iter: int = cfg(300, "L-BFGS-B iterations of the GP hyper-parameter fit.")
+    optimizer: Literal["lbfgs", "adam"] = cfg("lbfgs", "Policy optimiser.")
+    policy_iters: int = cfg(60, "Policy evaluations per trial (L-BFGS iterations or Adam steps).")
+    lr: float = cfg(0.01, "Adam learning rate (optimizer=adam).")
+    stop_when_solved: bool = cfg(True, "End training at the first solved trial.")
+    eval_episodes: int = cfg(3, "Evaluation episodes (fresh start states) at the end.")
+    checkpoint_every: int = cfg(1, "Checkpoint every this many env steps (after each trial).")
+
+    PRESETS: ClassVar[dict[str, dict[str, object]]] = {
+        "debug": {"trials": 2, "trial_steps": 10, "n_basis": 5, "max_gp_points": 40,
+                  "gp_max_iter": 20, "policy_iters": 3, "eval_episodes": 1},
+    }
+
+
+# ----------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class Task:
+    """What PILCO needs to know about a task: cost, horizon, and what "upright" means."""
+
+    target: tuple[float, ...]
+    weights: np.ndarray  # (D, D) cost precision W (width included)
+    trial_steps: int
+    n_basis: int
+    dt: float = 0.1  # seconds per env step
+    frame_skip: int = 1
+    start_down: bool = False  # Pendulum-v1: start hanging down (swing-up)
+    eval_steps: int = 0  # 0: trial_steps
+    upright: str = "cos2"  # how to read the angle: "cos2" (obs[2] = cos), "cos0", "abs1"
+
+    def is_upright(self, obs: torch.Tensor) -> torch.Tensor:
+        """``(*B, D)`` observations -> ``(*B,)`` whether ``|angle| < 0.2`` rad."""
+        if self.upright == "abs1":
+            return obs[..., 1].abs() < 0.2
+        return obs[..., 0 if self.upright == "cos0" else 2] > float(np.cos(0.2))
+
+
+TASKS: dict[str, Task] = {
+    "reverie/CartPoleSwingUp-v0": Task((0, 0, 1, 0, 0), swingup_cost_matrix(), 30, 50),
+    "Pendulum-v1": Task((1, 0, 0), np.diag([1.0, 1.0, 0.0]) / 0.5**2, 30, 30, dt=0.05, frame_skip=2,
+                        start_down=True, eval_steps=100, upright="cos0"),
+    "InvertedPendulum-v5": Task((0, 0, 0, 0), np.eye(4), 100, 10, dt=0.04, upright="abs1"),
+}
+
+
+class _StartDown(gym.Wrapper):
+    """Pendulum-v1 from hanging down: ``theta ~ N(pi, 0.1^2)``, ``theta_dot ~ N(0, 0.1^2)``."""
+
+    def reset(self, **kwargs):
+        _, info = self.env.reset(**kwargs)
+        rng = self.env.unwrapped.np_random
+        self.env.unwrapped.state = np.array([np.pi, 0.0]) + 0.1 * rng.standard_normal(2)
+        th, thdot = self.env.unwrapped.state
+        return np.array([np.cos(th), np.sin(th), thdot], dtype=np.float32), info
+
+
+def make_env(name: str, task: Task):
+    """The real env with float64 observations (moment matching runs in float64)."""
+    if task.start_down:
+        env = GymWrapper(_StartDown(gym.make(name)), frame_skip=task.frame_skip)
+    else:
+        env = GymEnv(name, frame_skip=task.frame_skip)
+    if env.observation_spec["observation"].dtype != torch.float64:
+        env = TransformedEnv(env, DTypeCastTransform(torch.float32, torch.float64, in_keys=["observation"]))
+    return env
+
+
+def initial_belief(env, n: int = 500) -> TensorDict:
+    """Gaussian belief ``N(mean, var)`` over start observations, estimated from ``n`` resets."""
+    obs = torch.stack([env.reset()["observation"] for _ in range(n)])  # (n, D)
+    var = torch.cov(obs.T) + 1e-6 * torch.eye(obs.shape[-1], dtype=obs.dtype)
+    return TensorDict({("observation", "mean"): obs.mean(0)[None], ("observation", "var"): var[None]}, [1])
+
+
+def transitions(rollout: TensorDict) -> TensorDict:
+    """Flat ``observation, action, (next, observation)`` from a real rollout (beliefs or points)."""
+    def point(key):
+        value = rollout.get(key)
+        return value.get("mean") if isinstance(value, TensorDict) else value
+    return TensorDict({
+        "observation": point("observation"),
+        "action": point("action").to(torch.float64),
+        ("next", "observation"): point(("next", "observation")),
+    }, rollout.batch_size[-1:]).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- recipe
+def train(config: Config) -> dict:
+    """Run PILCO; returns the final metrics (also written to ``summary.json``)."""
+    run = Run(NAME, config)
+    config = run.config
+    task = TASKS.get(config.env)
+    if task is None:
+        raise ValueError(f"pilco: no task definition for {config.env!r}; known: {sorted(TASKS)}.")
+    trial_steps = config.trial_steps or task.trial_steps
+    horizon = config.horizon or trial_steps
+    env = make_env(config.env, task)
+    env.set_seed(config.seed)
+    real = TransformedEnv(env, MeanActionSelector())
+    obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+    belief_env = make_env(config.env, task)
+    belief_env.set_seed(10_000 + config.seed)
+    start = initial_belief(belief_env)
+
+    gp = GPWorldModel(obs_dim, action_dim)
+    controller = RBFController(obs_dim, action_dim, env.action_spec.space.high.to(torch.float64),
+                               n_basis=config.n_basis or task.n_basis).double()
+    controller.initialize(start["observation", "mean"] + torch.randn(500, obs_dim, dtype=torch.float64)
+                          @ torch.linalg.cholesky(start["observation", "var"][0]).T)
+    policy = TensorDictModule(controller, in_keys=[("observation", "mean"), ("observation", "var")],
+                              out_keys=[("action", "mean"), ("action", "var"), ("action", "cross_covariance")])
+    cost = ExponentialQuadraticCost(torch.tensor(task.target, dtype=torch.float64),
+                                    torch.as_tensor(task.weights, dtype=torch.float64))
+    imagination = ImaginedEnv(gp, env, batch_size=[1], reward_module=cost.as_reward())
+
+    data, trial, step, trials_to_solve = None, 0, 0, None
+    state = run.load()
+    if state is not None:
+        data = TensorDict(state["data"], [state["data"]["observation"].shape[0]]) if state["data"] else None
+        gp.load_state_dict(state["gp"])
+        controller.load_state_dict(state["controller"])
+        trial, step, trials_to_solve = state["trial"], state["step"], state["trials_to_solve"]
+
+    def save() -> None:
+        run.save({"step": step, "trial": trial, "trials_to_solve": trials_to_solve,
+                  "data": {} if data is None else data.to_dict(), "gp": gp.state_dict(),
+                  "controller": controller.state_dict()})
+
+    def expected_cost() -> torch.Tensor:
+        rollout = imagination.rollout(horizon, policy, tensordict=imagination.reset(start.clone()))
+        return -rollout["next", "reward"].sum()  # sum over the horizon of E[cost]
+
+    def improve_policy() -> float:
+        params = list(controller.parameters())
+        best = (float("inf"), [p.detach().clone() for p in params])
+        if config.optimizer == "lbfgs":
+            optim = torch.optim.LBFGS(params, lr=1.0, max_iter=config.policy_iters,
+                                      line_search_fn="strong_wolfe")
+        else:
+            optim = torch.optim.Adam(params, lr=config.lr)
+
+        def closure():
+            nonlocal best
+            optim.zero_grad()
+            loss = expected_cost()
+            if torch.isfinite(loss) and loss.item() < best[0]:
+                best = (loss.item(), [p.detach().clone() for p in params])
+            loss.backward()
+            return loss
+
+        for _ in range(1 if config.optimizer == "lbfgs" else config.policy_iters):
+            optim.step(closure)
+        with torch.no_grad():  # keep the best policy seen (line searches can overshoot)
+            for p, b in zip(params, best[1], strict=True):
+                p.copy_(b)
+        return best[0]
+
+    def real_trial(seed: int, steps: int, random: bool = False) -> TensorDict:
+        env.set_seed(seed)
+        with torch.no_grad():
+            if random:  # exactly `steps` transitions (episodes that end are restarted)
+                return env.rollout(steps, break_when_any_done=False)
+            return real.rollout(steps, policy, break_when_any_done=True)
+
+    def final_second_upright(rollout: TensorDict) -> bool:
+        obs = rollout["next", "observation"]
+        obs = obs["mean"] if isinstance(obs, TensorDict) else obs
+        last = max(1, round(1.0 / (task.dt * task.frame_skip)))  # decisions in one second
+        done = bool(rollout["next", "terminated"].any())
+        return not done and obs.shape[0] >= last and bool(task.is_upright(obs[-last:]).all())
+
+    total = (config.random_trials + config.trials) * trial_steps * task.frame_skip
+    bar = run.progress(total, "env steps")
+    while trial < config.random_trials + config.trials:
+        random = trial < config.random_trials
+        metrics = {}
+        if not random:
+            recent = data[-config.max_gp_points:]
+            t0 = time.perf_counter()
+            fit = gp.fit(recent, max_iter=config.gp_max_iter)
+            t1 = time.perf_counter()
+            metrics.update({"train/gp_mll": fit["mll"], "train/gp_points": fit["n"], "train/fit_s": t1 - t0,
+                            "train/imagined_cost": improve_policy(),
+                            "train/policy_s": time.perf_counter() - t1})
+        rollout = real_trial(config.seed * 1000 + trial, trial_steps, random)
+        new = transitions(rollout)
+        data = new if data is None else torch.cat([data, new], 0)
+        trial += 1
+        step += rollout.numel() * task.frame_skip
+        bar.update(rollout.numel() * task.frame_skip)
+        upright = not random and final_second_upright(rollout)
+        if upright and trials_to_solve is None:
+            trials_to_solve = trial - config.random_trials
+        metrics.update({"train/trial_return": rollout["next", "reward"].sum().item(),
+                        "train/trial_upright": float(upright)})
+        run.log(metrics, step)
+        run.progress_postfix(run.latest)
+        save()
+        if trials_to_solve is not None and config.stop_when_solved:
+            break
+    bar.close()
+
+    # ------------------------------------------------------------------ evaluation
+    eval_steps = task.eval_steps or trial_steps
+    episodes = [real_trial(20_000 + 1000 * config.seed + i, eval_steps) for i in range(config.eval_episodes)]
+    returns = [ep["next", "reward"].sum().item() for ep in episodes]
+    solved_fraction = float(np.mean([final_second_upright(ep) for ep in episodes]))
+    run.log({"eval/return": float(np.mean(returns)), "eval/solved_fraction": solved_fraction}, step)
+    plot_imagined_vs_real(imagination, policy, start, episodes[0], horizon, run.path("diagnostics") / "imagined_vs_real.png")
+    return run.finish({
+        "env_steps": step, "eval/return": float(np.mean(returns)), "eval/returns": returns,
+        "eval/solved_fraction": solved_fraction, "solved": trials_to_solve is not None,
+        "trials": trials_to_solve, "gp_points": int(gp.train_inputs.shape[0]),
+    })
+
+
+@torch.no_grad()
+def plot_imagined_vs_real(imagination, policy, start, real_episode, horizon, path) -> None:
+    """The imagined belief (mean +- 2 std per dimension) against one real trajectory."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rollout = imagination.rollout(horizon, policy, tensordict=imagination.reset(start.clone()))
+    mean = rollout["next", "observation", "mean"][0]  # (H, D)
+    std = rollout["next", "observation", "var"][0].diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    obs = real_episode["next", "observation", "mean"]
+    dims = mean.shape[-1]
+    fig, axes = plt.subplots(1, dims, figsize=(3 * dims, 2.8))
+    for d, ax in enumerate(np.atleast_1d(axes)):
+        t = np.arange(1, mean.shape[0] + 1)
+        ax.fill_between(t, mean[:, d] - 2 * std[:, d], mean[:, d] + 2 * std[:, d], alpha=0.3, label="imagined ±2σ")
+        ax.plot(t, mean[:, d], label="imagined mean")
+        ax.plot(np.arange(1, obs.shape[0] + 1), obs[:, d], "k.", ms=3, label="real")
+        ax.set_title(f"observation[{d}]")
+        ax.set_xlabel("step")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(config: Config) -> dict:
+    """Evaluate the controller in ``config.run_dir``'s checkpoint (used by ``reverie eval``)."""
+    state = load_checkpoint(f"{config.run_dir}/checkpoint.pt")
+    if state is None:
+        raise FileNotFoundError(f"No checkpoint.pt in {config.run_dir}.")
+    task = TASKS[config.env]
+    env = make_env(config.env, task)
+    obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+    controller = RBFController(obs_dim, action_dim, env.action_spec.space.high.to(torch.float64),
+                               n_basis=config.n_basis or task.n_basis).double()
+    controller.load_state_dict(state["controller"])
+    policy = TensorDictModule(controller, in_keys=[("observation", "mean"), ("observation", "var")],
+                              out_keys=[("action", "mean"), ("action", "var"), ("action", "cross_covariance")])
+    real = TransformedEnv(env, MeanActionSelector())
+    returns = []
+    for i in range(config.eval_episodes):
+        env.set_seed(20_000 + 1000 * config.seed + i)
+        with torch.no_grad():
+            rollout = real.rollout(task.eval_steps or config.trial_steps or task.trial_steps, policy)
+        returns.append(rollout["next", "reward"].sum().item())
+    return {"eval/return": float(np.mean(returns)), "eval/returns": returns, "env_steps": state["step"]}

@@ -1,0 +1,92 @@
+"""``RBFController``: a radial-basis-function policy on Gaussian state beliefs (PILCO)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from reverie.modules.moment_matching import se_basis_moments, sin_squash_moments
+
+__all__ = ["RBFController"]
+
+
+class RBFController(nn.Module):
+    """``u = max_action * sin(u~)``, ``u~_k(x) = sum_i w_ki exp(-1/2 (x - c_i)^T Lambda_k^{-1} (x - c_i))``.
+
+    The PILCO controller (Deisenroth & Rasmussen, 2011, sec. 3.1 and 3.2): an RBF network
+    with ``n_basis`` centres ``c_i``, ARD length-scales ``Lambda_k = diag(l_k^2)`` per
+    output, weights ``w``, squashed by a sine into ``[-max_action, max_action]``. For a
+    Gaussian state belief ``N(m, S)`` it returns the moments of the action by exact moment
+    matching of the RBF network (:func:`~reverie.modules.moment_matching.se_basis_moments`)
+    followed by the sine squash (:func:`~reverie.modules.moment_matching.sin_squash_moments`;
+    the joint belief of ``(x, u~)`` is treated as Gaussian there, as in PILCO). A point input
+    (``S = 0``) gives the exact deterministic action.
+
+    Args:
+        input_dim: state dimension ``D``. output_dim: action dimension ``F``.
+        max_action: ``a`` (scalar or ``(F,)``); ``None`` disables the squash.
+        n_basis: number of centres.
+
+    ``forward(mean (*B, D), cov (*B, D, D))`` returns action mean ``(*B, F)``, action
+    covariance ``(*B, F, F)`` and the input-output cross-covariance ``cov[x, u]``
+    ``(*B, D, F)``.
+
+    Example:
+        >>> ctrl = RBFController(input_dim=4, output_dim=2, max_action=10.0, n_basis=5)
+        >>> m, S = torch.zeros(3, 4), 0.1 * torch.eye(4).expand(3, 4, 4)
+        >>> [t.shape for t in ctrl(m, S)]
+        [torch.Size([3, 2]), torch.Size([3, 2, 2]), torch.Size([3, 4, 2])]
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        max_action: float | Tensor | None,
+        n_basis: int = 10,
+    ) -> None:
+        super().__init__()
+        self.input_dim, self.output_dim, self.n_basis = int(input_dim), int(output_dim), int(n_basis)
+        self.centers = nn.Parameter(0.5 * torch.randn(n_basis, input_dim))
+        self.weights = nn.Parameter(0.1 * torch.randn(output_dim, n_basis))
+        self.log_lengthscales = nn.Parameter(torch.zeros(output_dim, input_dim))
+        if max_action is None:
+            self.max_action = None
+        else:
+            amp = torch.as_tensor(max_action, dtype=torch.get_default_dtype()).reshape(-1)
+            amp = amp.expand(output_dim).clone() if amp.numel() == 1 else amp
+            if amp.shape != (output_dim,):
+                raise ValueError(
+                    f"RBFController: max_action has {amp.numel()} entries; expected 1 or "
+                    f"output_dim={output_dim}."
+                )
+            self.register_buffer("max_action", amp)
+
+    @torch.no_grad()
+    def initialize(self, states: Tensor, weight_scale: float = 0.1) -> RBFController:
+        """Centres drawn from ``states (N, D)`` (with replacement), length-scales ``std(states)``,
+        weights ``N(0, weight_scale^2)``. Returns ``self``."""
+        states = states.reshape(-1, self.input_dim).to(self.centers)
+        idx = torch.randint(states.shape[0], (self.n_basis,))
+        std = states.std(0).clamp_min(1e-2) if states.shape[0] > 1 else torch.ones_like(states[0])
+        self.centers.copy_(states[idx] + 0.1 * std * torch.randn_like(self.centers))
+        self.log_lengthscales.copy_(std.log().expand_as(self.log_lengthscales))
+        self.weights.normal_(0.0, weight_scale)
+        return self
+
+    def forward(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if mean.shape[-1] != self.input_dim or cov.shape[-2:] != (self.input_dim, self.input_dim):
+            raise ValueError(
+                f"RBFController: expected mean (..., {self.input_dim}) and covariance (..., "
+                f"{self.input_dim}, {self.input_dim}); got {tuple(mean.shape)} and "
+                f"{tuple(cov.shape)}."
+            )
+        ref = self.centers
+        mean, cov = mean.to(ref), cov.to(ref)
+        ones = torch.ones(self.output_dim, dtype=ref.dtype, device=ref.device)
+        u_mean, u_cov, cio = se_basis_moments(
+            mean, cov, self.centers, self.log_lengthscales.exp(), ones, self.weights)
+        if self.max_action is None:
+            return u_mean, u_cov, cio
+        a_mean, a_cov, factor = sin_squash_moments(u_mean, u_cov, self.max_action.to(ref))
+        return a_mean, a_cov, cio @ factor
