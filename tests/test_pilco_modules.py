@@ -323,7 +323,7 @@ def fitted_sine_gp():
     data = TensorDict({"observation": x, "action": u,
                        ("next", "observation"): x + delta(x, u) + 1e-3 * torch.randn(60, 1, generator=g, dtype=DT)},
                       [60])
-    model = GPWorldModel(1, 1)
+    model = GPWorldModel(1, 1, max_snr=None)  # the maximum-likelihood noise, unbounded
     info = model.fit(data)
     return model, info, delta
 
@@ -357,6 +357,22 @@ def test_gp_fit_state_dict_round_trip(fitted_sine_gp):
     fresh = GPWorldModel(1, 1)
     fresh.load_state_dict(model.state_dict())
     _assert_same_predictions(model, fresh, 1, 1)
+
+
+def test_gp_fit_bounds_the_signal_to_noise_ratio():
+    """A noise-free target drives the ML noise to its floor; ``max_snr`` bounds alpha / s."""
+    pytest.importorskip("gpytorch")
+    g = gen(23)
+    x = 2 * torch.rand(40, 1, generator=g, dtype=DT) - 1
+    data = TensorDict({"observation": x, "action": torch.zeros(40, 1, dtype=DT),
+                       ("next", "observation"): x + 0.3 * torch.sin(3 * x)}, [40])
+    free = GPWorldModel(1, 1, max_snr=None)
+    free.fit(data)
+    bounded = GPWorldModel(1, 1, max_snr=50.0)
+    bounded.fit(data)
+    assert (free.signal_var / free.noise_var).item() > 50.0**2  # unbounded: near-singular Gram
+    torch.testing.assert_close(bounded.noise_var, bounded.signal_var / 50.0**2)
+    assert bounded.beta.abs().max() < free.beta.abs().max()
 
 
 def test_gp_fit_and_set_data_errors():
@@ -458,9 +474,11 @@ def test_rbf_controller_initialize():
     assert ctrl.initialize(states) is ctrl
     std = states.std(0)
     torch.testing.assert_close(ctrl.log_lengthscales.exp(), std.expand(2, 3), rtol=1e-12, atol=0)
-    # each centre is a data point plus a 0.1 std jitter
-    nearest = ((ctrl.centers[:, None] - states[None]) / std).norm(dim=-1).min(1).values
+    # each centre is a data point plus N(0, 0.1^2) jitter
+    nearest = (ctrl.centers[:, None] - states[None]).norm(dim=-1).min(1).values
     assert nearest.max() < 0.1 * 6
+    ctrl.initialize(states, lengthscale=1.0)  # PILCO's unit-scale start
+    torch.testing.assert_close(ctrl.log_lengthscales.exp(), torch.ones(2, 3, dtype=DT))
 
 
 # ------------------------------------------------------------------- gradients

@@ -5,6 +5,8 @@ import io
 import re
 from pathlib import Path
 
+import torch
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -31,3 +33,15 @@ def test_quick_start_runs_and_prints_the_stated_shape():
     data, loss_module = namespace["data"], namespace["loss_module"]
     reward = data["next", "reward"]
     assert loss_module(data)["loss_reward"] < 0.5 * reward.var()
+
+
+def test_pilco_snippet_runs_and_prints_the_stated_shape():
+    section = README.read_text().split("### PILCO", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    out = io.StringIO()
+    namespace: dict = {}
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), namespace)
+    assert out.getvalue().strip() == "torch.Size([1, 20, 5, 5])"
+    grads = [p.grad for p in namespace["controller"].parameters()]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)

@@ -33,6 +33,7 @@ CPU core per seed; ``debug`` is a 30-second smoke run.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
-from torchrl.envs import DTypeCastTransform, GymEnv, GymWrapper, TransformedEnv
+from torchrl.envs import Compose, DTypeCastTransform, GymEnv, GymWrapper, TransformedEnv
 
 from reverie.envs import ImaginedEnv, MeanActionSelector
 from reverie.envs.cartpole_swingup import swingup_cost_matrix
@@ -65,8 +66,9 @@ class Config(RunConfig):
     n_basis: int = cfg(0, "RBF controller basis functions (0: the task's default).")
     max_gp_points: int = cfg(300, "Most recent transitions the GP conditions on (cost O(n^2) per step).")
     gp_max_iter: int = cfg(300, "L-BFGS-B iterations of the GP hyper-parameter fit.")
+    policy_lengthscale: float = cfg(1.0, "Initial length-scale of the RBF basis functions.")
     optimizer: Literal["lbfgs", "adam"] = cfg("lbfgs", "Policy optimiser.")
-    policy_iters: int = cfg(60, "Policy evaluations per trial (L-BFGS iterations or Adam steps).")
+    policy_iters: int = cfg(100, "Imagined-cost evaluations per trial (L-BFGS evaluations or Adam steps).")
     lr: float = cfg(0.01, "Adam learning rate (optimizer=adam).")
     stop_when_solved: bool = cfg(True, "End training at the first solved trial.")
     eval_episodes: int = cfg(3, "Evaluation episodes (fresh start states) at the end.")
@@ -79,32 +81,45 @@ class Config(RunConfig):
 
 
 # ----------------------------------------------------------------------------- tasks
+def _pole_cos_at(index: int):
+    def upright(obs: torch.Tensor) -> torch.Tensor:  # cos(angle from upright) > cos(0.2)
+        return obs[..., index] > float(np.cos(0.2))
+    return upright
+
+
+def _pole_angle_at(index: int):
+    def upright(obs: torch.Tensor) -> torch.Tensor:
+        return obs[..., index].abs() < 0.2
+    return upright
+
+
+def _point_mass_at_target(obs: torch.Tensor) -> torch.Tensor:
+    return (obs[..., 0] - 1.0).abs() < 0.1
+
+
 @dataclass(frozen=True)
 class Task:
-    """What PILCO needs to know about a task: cost, horizon, and what "upright" means."""
+    """What PILCO needs to know about a task: cost, horizon, and what success looks like."""
 
     target: tuple[float, ...]
     weights: np.ndarray  # (D, D) cost precision W (width included)
     trial_steps: int
     n_basis: int
+    success: Callable[[torch.Tensor], torch.Tensor]  # (*B, D) observations -> (*B,) bool
     dt: float = 0.1  # seconds per env step
     frame_skip: int = 1
     start_down: bool = False  # Pendulum-v1: start hanging down (swing-up)
     eval_steps: int = 0  # 0: trial_steps
-    upright: str = "cos2"  # how to read the angle: "cos2" (obs[2] = cos), "cos0", "abs1"
-
-    def is_upright(self, obs: torch.Tensor) -> torch.Tensor:
-        """``(*B, D)`` observations -> ``(*B,)`` whether ``|angle| < 0.2`` rad."""
-        if self.upright == "abs1":
-            return obs[..., 1].abs() < 0.2
-        return obs[..., 0 if self.upright == "cos0" else 2] > float(np.cos(0.2))
 
 
 TASKS: dict[str, Task] = {
-    "reverie/CartPoleSwingUp-v0": Task((0, 0, 1, 0, 0), swingup_cost_matrix(), 30, 50),
-    "Pendulum-v1": Task((1, 0, 0), np.diag([1.0, 1.0, 0.0]) / 0.5**2, 30, 30, dt=0.05, frame_skip=2,
-                        start_down=True, eval_steps=100, upright="cos0"),
-    "InvertedPendulum-v5": Task((0, 0, 0, 0), np.eye(4), 100, 10, dt=0.04, upright="abs1"),
+    # pole upright: |angle| < 0.2 rad
+    "reverie/CartPoleSwingUp-v0": Task((0, 0, 1, 0, 0), swingup_cost_matrix(), 30, 50, _pole_cos_at(2)),
+    "Pendulum-v1": Task((1, 0, 0), np.diag([1.0, 1.0, 0.0]) / 0.5**2, 30, 30, _pole_cos_at(0),
+                        dt=0.05, frame_skip=2, start_down=True, eval_steps=100),
+    "InvertedPendulum-v5": Task((0, 0, 0, 0), np.eye(4), 100, 10, _pole_angle_at(1), dt=0.04),
+    # the CI learning test's toy task: reach x = 1 (within 0.1)
+    "reverie/PointMass1D-v0": Task((1, 0), np.diag([1.0, 0.1]) / 0.3**2, 30, 10, _point_mass_at_target),
 }
 
 
@@ -119,15 +134,20 @@ class _StartDown(gym.Wrapper):
         return np.array([np.cos(th), np.sin(th), thdot], dtype=np.float32), info
 
 
-def make_env(name: str, task: Task):
-    """The real env with float64 observations (moment matching runs in float64)."""
+def make_env(name: str, task: Task, belief: bool = False):
+    """The real env with float64 observations (moment matching runs in float64); with
+    ``belief``, observations are point beliefs and the policy's mean action is executed
+    (:class:`~reverie.envs.MeanActionSelector`)."""
     if task.start_down:
         env = GymWrapper(_StartDown(gym.make(name)), frame_skip=task.frame_skip)
     else:
         env = GymEnv(name, frame_skip=task.frame_skip)
+    transforms = []
     if env.observation_spec["observation"].dtype != torch.float64:
-        env = TransformedEnv(env, DTypeCastTransform(torch.float32, torch.float64, in_keys=["observation"]))
-    return env
+        transforms.append(DTypeCastTransform(torch.float32, torch.float64, in_keys=["observation"]))
+    if belief:
+        transforms.append(MeanActionSelector())
+    return TransformedEnv(env, Compose(*transforms)) if transforms else env
 
 
 def initial_belief(env, n: int = 500) -> TensorDict:
@@ -160,8 +180,7 @@ def train(config: Config) -> dict:
     trial_steps = config.trial_steps or task.trial_steps
     horizon = config.horizon or trial_steps
     env = make_env(config.env, task)
-    env.set_seed(config.seed)
-    real = TransformedEnv(env, MeanActionSelector())
+    real = make_env(config.env, task, belief=True)  # runs the controller
     obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
     belief_env = make_env(config.env, task)
     belief_env.set_seed(10_000 + config.seed)
@@ -170,8 +189,9 @@ def train(config: Config) -> dict:
     gp = GPWorldModel(obs_dim, action_dim)
     controller = RBFController(obs_dim, action_dim, env.action_spec.space.high.to(torch.float64),
                                n_basis=config.n_basis or task.n_basis).double()
-    controller.initialize(start["observation", "mean"] + torch.randn(500, obs_dim, dtype=torch.float64)
-                          @ torch.linalg.cholesky(start["observation", "var"][0]).T)
+    start_states = start["observation", "mean"] + torch.randn(500, obs_dim, dtype=torch.float64) @ \
+        torch.linalg.cholesky(start["observation", "var"][0]).T
+    controller.initialize(start_states, lengthscale=config.policy_lengthscale)
     policy = TensorDictModule(controller, in_keys=[("observation", "mean"), ("observation", "var")],
                               out_keys=[("action", "mean"), ("action", "var"), ("action", "cross_covariance")])
     cost = ExponentialQuadraticCost(torch.tensor(task.target, dtype=torch.float64),
@@ -196,32 +216,45 @@ def train(config: Config) -> dict:
         return -rollout["next", "reward"].sum()  # sum over the horizon of E[cost]
 
     def improve_policy() -> float:
+        """``policy_iters`` evaluations of the imagined expected cost; keeps the best policy."""
         params = list(controller.parameters())
         best = (float("inf"), [p.detach().clone() for p in params])
+        evals = 0
         if config.optimizer == "lbfgs":
             optim = torch.optim.LBFGS(params, lr=1.0, max_iter=config.policy_iters,
+                                      max_eval=config.policy_iters, history_size=50,
+                                      tolerance_grad=1e-9, tolerance_change=1e-12,
                                       line_search_fn="strong_wolfe")
         else:
             optim = torch.optim.Adam(params, lr=config.lr)
 
         def closure():
-            nonlocal best
+            nonlocal best, evals
+            evals += 1
             optim.zero_grad()
-            loss = expected_cost()
+            try:
+                loss = expected_cost()
+            except torch.linalg.LinAlgError:  # a line search probed a degenerate policy
+                return torch.tensor(1e6, dtype=torch.float64)
             if torch.isfinite(loss) and loss.item() < best[0]:
                 best = (loss.item(), [p.detach().clone() for p in params])
             loss.backward()
             return loss
 
-        for _ in range(1 if config.optimizer == "lbfgs" else config.policy_iters):
-            optim.step(closure)
+        stalls = 0
+        while evals < config.policy_iters and stalls < 3:
+            before = (evals, best[0])
+            optim.step(closure)  # L-BFGS: until converged or out of evaluations; Adam: one step
+            if config.optimizer == "lbfgs":  # restart L-BFGS (fresh curvature) if it stopped early
+                stalls = stalls + 1 if best[0] >= before[1] - 1e-9 or evals == before[0] else 0
+                optim.state.clear()
         with torch.no_grad():  # keep the best policy seen (line searches can overshoot)
             for p, b in zip(params, best[1], strict=True):
                 p.copy_(b)
         return best[0]
 
     def real_trial(seed: int, steps: int, random: bool = False) -> TensorDict:
-        env.set_seed(seed)
+        (env if random else real).set_seed(seed)
         with torch.no_grad():
             if random:  # exactly `steps` transitions (episodes that end are restarted)
                 return env.rollout(steps, break_when_any_done=False)
@@ -232,7 +265,7 @@ def train(config: Config) -> dict:
         obs = obs["mean"] if isinstance(obs, TensorDict) else obs
         last = max(1, round(1.0 / (task.dt * task.frame_skip)))  # decisions in one second
         done = bool(rollout["next", "terminated"].any())
-        return not done and obs.shape[0] >= last and bool(task.is_upright(obs[-last:]).all())
+        return not done and obs.shape[0] >= last and bool(task.success(obs[-last:]).all())
 
     total = (config.random_trials + config.trials) * trial_steps * task.frame_skip
     bar = run.progress(total, "env steps")
@@ -319,10 +352,10 @@ def evaluate(config: Config) -> dict:
     controller.load_state_dict(state["controller"])
     policy = TensorDictModule(controller, in_keys=[("observation", "mean"), ("observation", "var")],
                               out_keys=[("action", "mean"), ("action", "var"), ("action", "cross_covariance")])
-    real = TransformedEnv(env, MeanActionSelector())
+    real = make_env(config.env, task, belief=True)
     returns = []
     for i in range(config.eval_episodes):
-        env.set_seed(20_000 + 1000 * config.seed + i)
+        real.set_seed(20_000 + 1000 * config.seed + i)
         with torch.no_grad():
             rollout = real.rollout(task.eval_steps or config.trial_steps or task.trial_steps, policy)
         returns.append(rollout["next", "reward"].sum().item())

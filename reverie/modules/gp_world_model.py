@@ -56,6 +56,12 @@ class GPWorldModel(TensorDictModuleBase):
         in_keys: ``[obs mean, obs var, action mean, action var, cross covariance]``.
         out_keys: ``[next mean, next var]``.
         dtype: dtype of the fitted buffers and of the predictions.
+        max_snr: after :meth:`fit`, the noise variance is raised to at least
+            ``alpha_a^2 / max_snr^2`` (signal-to-noise ratio ``alpha_a / s_a <= max_snr``).
+            Noise-free simulators drive the fitted noise to ~0; ``(K + s^2 I)^{-1} y`` then has
+            huge alternating weights and moment-matched predictions (and policy gradients)
+            become numerically chaotic. PILCO penalises SNR > 500 for the same reason.
+            ``None`` keeps the maximum-likelihood noise.
 
     Example:
         >>> from tensordict import TensorDict
@@ -81,8 +87,10 @@ class GPWorldModel(TensorDictModuleBase):
         out_keys: Sequence[NestedKey] | None = None,
         *,
         dtype: torch.dtype = torch.float64,
+        max_snr: float | None = 200.0,
     ) -> None:
         super().__init__()
+        self.max_snr = max_snr
         self.obs_dim, self.action_dim = int(obs_dim), int(action_dim)
         if in_keys is None:
             in_keys = [
@@ -184,7 +192,8 @@ class GPWorldModel(TensorDictModuleBase):
             max_iter: L-BFGS-B iteration cap.
 
         Returns:
-            ``{"mll": marginal log-likelihood per point (mean over outputs), "n": n}``.
+            ``{"mll": marginal log-likelihood per point (mean over outputs, before the SNR
+            bound), "n": n}``.
         """
         try:
             import gpytorch
@@ -232,12 +241,12 @@ class GPWorldModel(TensorDictModuleBase):
         mll.train()  # botorch leaves the model in eval mode: score the marginal likelihood
         with torch.no_grad():
             value = mll(model(x), targets).mean().item()
-        self._condition(
-            inputs, targets,
-            model.covar_module.base_kernel.lengthscale.squeeze(-2),
-            model.covar_module.outputscale,
-            likelihood.noise.squeeze(-1),
-        )
+        signal = model.covar_module.outputscale.detach()
+        noise = likelihood.noise.squeeze(-1).detach()
+        if self.max_snr is not None:  # bound the signal-to-noise ratio (numerical stability)
+            noise = torch.maximum(noise, signal / self.max_snr**2)
+        self._condition(inputs, targets, model.covar_module.base_kernel.lengthscale.squeeze(-2),
+                        signal, noise)
         return {"mll": value, "n": n}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -63,14 +63,21 @@ class RBFController(nn.Module):
             self.register_buffer("max_action", amp)
 
     @torch.no_grad()
-    def initialize(self, states: Tensor, weight_scale: float = 0.1) -> RBFController:
-        """Centres drawn from ``states (N, D)`` (with replacement), length-scales ``std(states)``,
-        weights ``N(0, weight_scale^2)``. Returns ``self``."""
+    def initialize(
+        self, states: Tensor, lengthscale: float | Tensor | None = None, weight_scale: float = 0.1
+    ) -> RBFController:
+        """Centres at random ``states (N, D)`` plus ``N(0, 0.1^2)`` noise, weights
+        ``N(0, weight_scale^2)``, length-scales ``lengthscale`` (scalar or ``(D,)``; default
+        ``std(states)``). PILCO starts centres around the start state with unit-scale
+        length-scales: the controller must act where the state will go, not only at the
+        start. Returns ``self``."""
         states = states.reshape(-1, self.input_dim).to(self.centers)
         idx = torch.randint(states.shape[0], (self.n_basis,))
-        std = states.std(0).clamp_min(1e-2) if states.shape[0] > 1 else torch.ones_like(states[0])
-        self.centers.copy_(states[idx] + 0.1 * std * torch.randn_like(self.centers))
-        self.log_lengthscales.copy_(std.log().expand_as(self.log_lengthscales))
+        self.centers.copy_(states[idx] + 0.1 * torch.randn_like(self.centers))
+        if lengthscale is None:
+            lengthscale = states.std(0).clamp_min(1e-2) if states.shape[0] > 1 else 1.0
+        ell = torch.as_tensor(lengthscale, dtype=self.centers.dtype)
+        self.log_lengthscales.copy_(ell.log().expand_as(self.log_lengthscales))
         self.weights.normal_(0.0, weight_scale)
         return self
 

@@ -1,0 +1,45 @@
+"""PILCO recipe: a tiny learning test on a toy task, the debug run, eval and resume."""
+
+import json
+
+import torch
+
+from reverie.algorithms import pilco
+from reverie.cli import main
+
+
+def test_pilco_learns_to_reach_the_point_mass_target(tmp_path):
+    """Doing nothing scores about -30 over 30 steps; reaching x = 1 and holding it about -8."""
+    config = pilco.Config(env="reverie/PointMass1D-v0", trials=2, n_basis=10, policy_iters=20,
+                          eval_episodes=2, run_dir=str(tmp_path / "run"), progress=False, seed=0)
+    summary = pilco.train(config)
+    assert summary["eval/return"] > -15.0, summary
+    assert summary["env_steps"] in (60, 90)  # 1 random trial + 1 or 2 (stops when solved)
+
+
+def test_pilco_debug_run_eval_and_resume(tmp_path):
+    run_dir = tmp_path / "cartpole"
+    args = ["train", "pilco", "--preset", "debug", f"run_dir={run_dir}", "progress=false"]
+    assert main([*args, "trials=1"]) == 0
+    for name in ["config.json", "metrics.csv", "learning_curve.png", "checkpoint.pt",
+                 "summary.json", "diagnostics/imagined_vs_real.png"]:
+        assert (run_dir / name).stat().st_size > 0, name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"solved", "trials", "eval/return", "eval/solved_fraction"} <= set(summary)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert state["trial"] == 2 and state["data"]["observation"].shape == (20, 5)
+    assert main(["eval", str(run_dir), "eval_episodes=1"]) == 0  # reloads the controller
+
+    # resume with a larger budget: the data and the GP carry over, one more trial runs
+    assert main(["train", "--resume", str(run_dir), "trials=2"]) == 0
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert state["trial"] == 3 and state["data"]["observation"].shape == (30, 5)
+    steps = [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(steps) and max(steps) == 30
+
+
+def test_task_success_criteria():
+    cos = pilco.TASKS["reverie/CartPoleSwingUp-v0"].success
+    assert cos(torch.tensor([0.0, 0.0, 0.99, 0.1, 0.0])) and not cos(torch.tensor([0.0, 0.0, 0.9, 0.4, 0.0]))
+    angle = pilco.TASKS["InvertedPendulum-v5"].success
+    assert angle(torch.tensor([0.0, 0.1, 0.0, 0.0])) and not angle(torch.tensor([0.0, -0.3, 0.0, 0.0]))
