@@ -221,26 +221,42 @@ class GPWorldModel(TensorDictModuleBase):
                 return gpytorch.distributions.MultivariateNormal(
                     self.mean_module(z), self.covar_module(z))
 
-        likelihood = gpytorch.likelihoods.GaussianLikelihood(
-            batch_shape=torch.Size([D]),
-            noise_constraint=gpytorch.constraints.GreaterThan(1e-8),
-        )
-        model = _IndependentGPs(likelihood).to(inputs)
-        if warm_start and self.is_fitted:
-            ls, sv, nv = self.lengthscales, self.signal_var, self.noise_var
-        else:
-            ls = inputs.std(0).clamp_min(1e-3).expand(D, -1)
-            sv = targets.var(-1).clamp_min(1e-6)
-            nv = sv / 100.0
-        model.covar_module.base_kernel.lengthscale = ls[:, None, :]
-        model.covar_module.outputscale = sv
-        likelihood.noise = nv.clamp_min(2e-8)[:, None]
-        mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
-        model.train()
-        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": max_iter}})
-        mll.train()  # botorch leaves the model in eval mode: score the marginal likelihood
-        with torch.no_grad():
-            value = mll(model(x), targets).mean().item()
+        floor = float((targets.var(-1).min() * 1e-8).clamp_min(1e-10))
+        value = None
+        for attempt in ("warm", "data"):  # a warm start can fail where the data-based one fits
+            if attempt == "warm" and not (warm_start and self.is_fitted):
+                continue
+            likelihood = gpytorch.likelihoods.GaussianLikelihood(
+                batch_shape=torch.Size([D]),
+                noise_constraint=gpytorch.constraints.GreaterThan(floor),
+            )
+            model = _IndependentGPs(likelihood).to(inputs)
+            if attempt == "warm":
+                ls, sv, nv = self.lengthscales, self.signal_var, self.noise_var
+            else:
+                ls = inputs.std(0).clamp_min(1e-3).expand(D, -1)
+                sv = targets.var(-1).clamp_min(1e-6)
+                nv = sv / 100.0
+            model.covar_module.base_kernel.lengthscale = ls[:, None, :]
+            model.covar_module.outputscale = sv
+            likelihood.noise = nv.clamp_min(2 * floor)[:, None]
+            mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
+            model.train()
+            try:
+                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": max_iter}})
+            except Exception as err:  # botorch's ModelFittingError (or a linear-algebra error)
+                failure = err
+                continue
+            mll.train()  # botorch leaves the model in eval mode: score the marginal likelihood
+            with torch.no_grad():
+                value = mll(model(x), targets).mean().item()
+            break
+        if value is None:
+            raise RuntimeError(
+                f"GPWorldModel.fit: marginal-likelihood fit failed on {n} transitions "
+                f"({type(failure).__name__}: {failure}); check the data for duplicates or "
+                "extreme values."
+            ) from failure
         signal = model.covar_module.outputscale.detach()
         noise = likelihood.noise.squeeze(-1).detach()
         if self.max_snr is not None:  # bound the signal-to-noise ratio (numerical stability)
