@@ -68,7 +68,8 @@ class GPWorldModel(TensorDictModuleBase):
         >>> model = GPWorldModel(obs_dim=2, action_dim=1)
         >>> data = TensorDict({"observation": torch.randn(30, 2), "action": torch.randn(30, 1)}, [30])
         >>> data["next", "observation"] = data["observation"] + 0.1 * data["action"]
-        >>> model.fit(data)  # doctest: +SKIP  (needs reverie[gp])
+        >>> model.fit(data)["n"]  # marginal likelihood with gpytorch/botorch (reverie[gp])
+        30
         >>> model.set_data(data, lengthscales=torch.ones(2, 3), signal_var=torch.ones(2),
         ...                noise_var=torch.full((2,), 1e-4))  # or set hyper-parameters by hand
         >>> belief = TensorDict({("observation", "mean"): torch.zeros(4, 2),
@@ -212,7 +213,11 @@ class GPWorldModel(TensorDictModuleBase):
                 self.mean_module = gpytorch.means.ZeroMean(batch_shape=torch.Size([D]))
                 base = gpytorch.kernels.RBFKernel(
                     ard_num_dims=inputs.shape[-1], batch_shape=torch.Size([D]))
-                self.covar_module = gpytorch.kernels.ScaleKernel(base, batch_shape=torch.Size([D]))
+                # a (near-)linear target pushes alpha^2 and the length-scales to infinity
+                # (an ill-conditioned Gram matrix): alpha^2 <= 1e3 var(Delta_a)
+                self.covar_module = gpytorch.kernels.ScaleKernel(
+                    base, batch_shape=torch.Size([D]),
+                    outputscale_constraint=gpytorch.constraints.Interval(1e-12, 1e3 * target_var))
 
             def transform_inputs(self, X, input_transform=None):  # botorch's closure calls it
                 return X
@@ -221,14 +226,18 @@ class GPWorldModel(TensorDictModuleBase):
                 return gpytorch.distributions.MultivariateNormal(
                     self.mean_module(z), self.covar_module(z))
 
-        floor = float((targets.var(-1).min() * 1e-8).clamp_min(1e-10))
+        # noise floor: the SNR bound relative to the target variance (noise-free data would
+        # otherwise drive the noise to ~0 and the Gram matrix to singular)
+        rel = 1.0 / self.max_snr**2 if self.max_snr is not None else 1e-8
+        target_var = targets.var(-1).clamp_min(1e-12)  # (D,)
+        floor = (target_var * rel).clamp_min(1e-10)  # (D,)
         value = None
         for attempt in ("warm", "data"):  # a warm start can fail where the data-based one fits
             if attempt == "warm" and not (warm_start and self.is_fitted):
                 continue
             likelihood = gpytorch.likelihoods.GaussianLikelihood(
                 batch_shape=torch.Size([D]),
-                noise_constraint=gpytorch.constraints.GreaterThan(floor),
+                noise_constraint=gpytorch.constraints.GreaterThan(float(floor.min())),
             )
             model = _IndependentGPs(likelihood).to(inputs)
             if attempt == "warm":
@@ -238,8 +247,8 @@ class GPWorldModel(TensorDictModuleBase):
                 sv = targets.var(-1).clamp_min(1e-6)
                 nv = sv / 100.0
             model.covar_module.base_kernel.lengthscale = ls[:, None, :]
-            model.covar_module.outputscale = sv
-            likelihood.noise = nv.clamp_min(2 * floor)[:, None]
+            model.covar_module.outputscale = torch.minimum(sv, 5e2 * target_var)
+            likelihood.noise = torch.maximum(nv, 2 * floor)[:, None]
             mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
             model.train()
             try:
