@@ -38,7 +38,7 @@ DT = torch.float64
 N_MC = 200_000
 Z = 5.0
 CARTPOLE = "reverie/CartPoleSwingUp-v0"
-TARGET = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0], dtype=DT)
+TARGET = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=DT)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -507,7 +507,7 @@ def test_imagined_rollout_cost_gradcheck_wrt_controller_parameters():
 
 
 # --------------------------------------------------------------- ExponentialQuadraticCost
-def _cost_td(lead=(2, 3), D=5, seed=50):
+def _cost_td(lead=(2, 3), D=6, seed=50):
     g = gen(seed)
     m = torch.randn(*lead, D, generator=g, dtype=DT)
     S = torch.stack([random_cov(D, g) for _ in range(math.prod(lead))]).reshape(*lead, D, D)
@@ -528,9 +528,9 @@ def test_exponential_quadratic_cost_reductions():
     default = ExponentialQuadraticCost(reduction="none")(td)["loss_cost"]
     torch.testing.assert_close(
         default, expected_saturating_cost(td["observation", "mean"], td["observation", "var"],
-                                          torch.zeros(5, dtype=DT), torch.eye(5, dtype=DT)))
+                                          torch.zeros(6, dtype=DT), torch.eye(6, dtype=DT)))
     # point on the target: zero cost
-    on_target = TensorDict({("observation", "mean"): TARGET[None], ("observation", "var"): torch.zeros(1, 5, 5, dtype=DT)}, [1])
+    on_target = TensorDict({("observation", "mean"): TARGET[None], ("observation", "var"): torch.zeros(1, 6, 6, dtype=DT)}, [1])
     assert swingup_cost(reduction="sum")(on_target)["loss_cost"].item() == 0.0
 
 
@@ -589,7 +589,7 @@ def _cartpole_data(steps=30, seed=0):
 def cartpole_gp():
     pytest.importorskip("gpytorch")
     data = _cartpole_data()
-    model = GPWorldModel(5, 1)
+    model = GPWorldModel(6, 1, angle_dims={5: (3, 2)})
     model.fit(data, max_iter=100)
     assert model.is_fitted
     return model, data
@@ -598,19 +598,19 @@ def cartpole_gp():
 def test_imagined_env_with_gp_and_rbf_controller(cartpole_gp):
     gp, data = cartpole_gp
     torch.manual_seed(60)
-    ctrl = RBFController(5, 1, 10.0, n_basis=5).double()
+    ctrl = RBFController(6, 1, 10.0, n_basis=5, input_dims=(0, 1, 2, 3, 4)).double()
     ctrl.initialize(data["observation"])
     policy = belief_policy(ctrl)
     cost = swingup_cost()
     env = ImaginedEnv(gp, GymEnv(CARTPOLE), batch_size=[1], reward_module=cost.as_reward())
     start = TensorDict({("observation", "mean"): data["observation"][:1],
-                        ("observation", "var"): 0.01 * torch.eye(5, dtype=DT)[None]}, [1])
+                        ("observation", "var"): 0.01 * torch.eye(6, dtype=DT)[None]}, [1])
     rollout = env.rollout(5, policy, tensordict=env.reset(start.clone()))
     mean, var = rollout["next", "observation", "mean"], rollout["next", "observation", "var"]
-    assert mean.shape == (1, 5, 5) and var.shape == (1, 5, 5, 5)
-    assert rollout["observation", "mean"].shape == (1, 5, 5)
+    assert mean.shape == (1, 5, 6) and var.shape == (1, 5, 6, 6)
+    assert rollout["observation", "mean"].shape == (1, 5, 6)
     assert rollout["action", "mean"].shape == (1, 5, 1)
-    assert rollout["action", "cross_covariance"].shape == (1, 5, 5, 1)
+    assert rollout["action", "cross_covariance"].shape == (1, 5, 6, 1)
     reward = rollout["next", "reward"]
     assert reward.shape == (1, 5, 1) and bool(torch.isfinite(reward).all())
     assert bool(((reward <= 0) & (reward >= -1)).all())
@@ -640,22 +640,23 @@ def test_imagined_env_check_env_specs(cartpole_gp):
 
 
 def _state_from_obs(obs: np.ndarray) -> np.ndarray:
-    """Invert the cart-pole observation ``(x, x_dot, cos phi, sin phi, phi_dot)``, ``phi = theta - pi``."""
-    x, v, c, s, w = obs
-    return np.array([x, v, w, math.atan2(s, c) + math.pi])
+    """Invert the cart-pole observation ``(x, x_dot, cos phi, sin phi, phi_dot, phi)``, ``phi = theta - pi``."""
+    x, v, c, s, w, phi = obs
+    assert (math.cos(phi), math.sin(phi)) == pytest.approx((c, s), abs=1e-12)
+    return np.array([x, v, w, phi + math.pi])
 
 
 def test_mean_action_selector_on_cartpole():
     env = TransformedEnv(GymEnv(CARTPOLE), MeanActionSelector())
     env.set_seed(0)
     td = env.reset()
-    assert td["observation", "mean"].shape == (5,) and td["observation", "mean"].dtype == DT
-    assert td["observation", "var"].shape == (5, 5)
+    assert td["observation", "mean"].shape == (6,) and td["observation", "mean"].dtype == DT
+    assert td["observation", "var"].shape == (6, 6)
     assert bool((td["observation", "var"] == 0).all())
     check_env_specs(env)
 
     torch.manual_seed(70)
-    ctrl = RBFController(5, 1, 10.0, n_basis=5).double()
+    ctrl = RBFController(6, 1, 10.0, n_basis=5, input_dims=(0, 1, 2, 3, 4)).double()
     with torch.no_grad():
         ctrl.weights.normal_(0.0, 3.0)  # large actions: the cart visibly moves
     with torch.no_grad():
@@ -752,12 +753,13 @@ def test_cartpole_env_starts_hanging_down():
     env = CartPoleSwingUp()
     for seed in range(5):
         obs, info = env.reset(seed=seed)
-        assert obs.shape == (5,) and obs.dtype == np.float64
+        assert obs.shape == (6,) and obs.dtype == np.float64
+        assert (np.cos(obs[5]), np.sin(obs[5])) == pytest.approx((obs[2], obs[3]), abs=1e-12)
         assert obs[2] < -0.9, f"cos(phi) = {obs[2]}: the pole should start hanging down"
         assert not info["upright"]
         obs, reward, terminated, truncated, info = env.step(np.zeros(1, dtype=np.float32))
         assert -1.0 <= reward <= 0.0 and not terminated and not truncated
-    # the torchrl wrapper: float64 observations, episode of 30 steps
+    # the torchrl wrapper: float64 observations, episode of 40 steps
     genv = GymEnv(CARTPOLE)
     genv.set_seed(1)
     td = genv.reset()
@@ -768,26 +770,38 @@ def test_cartpole_env_reward_range_and_truncation():
     env = CartPoleSwingUp()
     env.reset(seed=3)
     rng = np.random.default_rng(0)
-    for t in range(30):
-        _, reward, terminated, truncated, _ = env.step(rng.uniform(-10, 10, size=1).astype(np.float32))
+    phis = []
+    for t in range(40):
+        obs, reward, terminated, truncated, _ = env.step(rng.uniform(-10, 10, size=1).astype(np.float32))
         assert -1.0 <= reward <= 0.0
-        assert not terminated and truncated == (t == 29)
+        assert not terminated and truncated == (t == 39)
+        phis.append(obs[5])
+        assert obs[5] == pytest.approx(env.state[3] - np.pi, abs=1e-12)  # unwrapped: theta - pi
+    # spinning the pole keeps the angle continuous (no 2 pi jumps between steps of 0.1 s)
+    env.reset(seed=4)
+    env.state = np.array([0.0, 0.0, 30.0, 0.0])  # fast rotation: several turns
+    previous = env._obs()[5]
+    for _ in range(20):
+        obs, *_ = env.step(np.zeros(1, dtype=np.float32))
+        assert abs(obs[5] - previous) < np.pi
+        previous = obs[5]
+    assert abs(previous - phis[0]) > 2 * np.pi
 
 
 def test_swingup_cost_matrix_hand_computed():
     ell, width = 0.5, 0.25
     W = swingup_cost_matrix(ell, width)
-    assert W.shape == (5, 5)
+    assert W.shape == (6, 6)
     np.testing.assert_allclose(W, W.T)
     assert np.linalg.eigvalsh(W).min() > -1e-12
     # x = 0.3, phi = pi/2 (pole horizontal, pointing to -x): tip (0.3 - 0.5, 0) = (-0.2, 0);
     # target (0, 0.5): d^2 = 0.04 + 0.25 = 0.29, d^2 / width^2 = 4.64
-    obs = np.array([0.3, 1.7, 0.0, 1.0, -2.0])  # velocities do not enter
+    obs = np.array([0.3, 1.7, 0.0, 1.0, -2.0, np.pi / 2])  # velocities and the angle do not enter
     diff = obs - TARGET.numpy()
     assert diff @ W @ diff == pytest.approx(4.64, rel=1e-12)
     # upright over the cart at x = 0: zero
-    up = np.array([0.0, 5.0, 1.0, 0.0, 3.0]) - TARGET.numpy()
+    up = np.array([0.0, 5.0, 1.0, 0.0, 3.0, 2 * np.pi]) - TARGET.numpy()
     assert up @ W @ up == pytest.approx(0.0, abs=1e-15)
     # hanging down at x = 0: d = 2 l
-    down = np.array([0.0, 0.0, -1.0, 0.0, 0.0]) - TARGET.numpy()
+    down = np.array([0.0, 0.0, -1.0, 0.0, 0.0, -np.pi]) - TARGET.numpy()
     assert down @ W @ down == pytest.approx((2 * ell) ** 2 / width**2, rel=1e-12)

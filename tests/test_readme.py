@@ -42,6 +42,6 @@ def test_pilco_snippet_runs_and_prints_the_stated_shape():
     namespace: dict = {}
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), namespace)
-    assert out.getvalue().strip() == "torch.Size([1, 20, 5, 5])"
+    assert out.getvalue().strip() == "torch.Size([1, 20, 6, 6])"
     grads = [p.grad for p in namespace["controller"].parameters()]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)

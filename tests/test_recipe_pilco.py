@@ -27,19 +27,35 @@ def test_pilco_debug_run_eval_and_resume(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {"solved", "trials", "eval/return", "eval/solved_fraction"} <= set(summary)
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert state["trial"] == 2 and state["data"]["observation"].shape == (20, 5)
+    assert state["trial"] == 2 and state["data"]["observation"].shape == (20, 6)
     assert main(["eval", str(run_dir), "eval_episodes=1"]) == 0  # reloads the controller
 
     # resume with a larger budget: the data and the GP carry over, one more trial runs
     assert main(["train", "--resume", str(run_dir), "trials=2"]) == 0
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert state["trial"] == 3 and state["data"]["observation"].shape == (30, 5)
+    assert state["trial"] == 3 and state["data"]["observation"].shape == (30, 6)
     steps = [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == sorted(steps) and max(steps) == 30
 
 
 def test_task_success_criteria():
     cos = pilco.TASKS["reverie/CartPoleSwingUp-v0"].success
-    assert cos(torch.tensor([0.0, 0.0, 0.99, 0.1, 0.0])) and not cos(torch.tensor([0.0, 0.0, 0.9, 0.4, 0.0]))
+    assert cos(torch.tensor([0.0, 0.0, 0.99, 0.1, 0.0, 0.1])) and not cos(torch.tensor([0.0, 0.0, 0.9, 0.4, 0.0, 0.4]))
     angle = pilco.TASKS["InvertedPendulum-v5"].success
     assert angle(torch.tensor([0.0, 0.1, 0.0, 0.0])) and not angle(torch.tensor([0.0, -0.3, 0.0, 0.0]))
+
+
+def test_pendulum_starts_down_and_observes_the_unwrapped_angle():
+    task = pilco.TASKS["Pendulum-v1"]
+    env = pilco.make_env("Pendulum-v1", task)
+    env.set_seed(0)
+    td = env.reset()
+    obs = td["observation"]
+    assert obs.shape == (4,) and obs.dtype == torch.float64
+    assert obs[0] < -0.9 and abs(obs[3] - torch.pi) < 0.5  # hanging down: cos = -1, theta ~ pi
+    rollout = env.rollout(30, break_when_any_done=False)
+    o = rollout["next", "observation"]
+    torch.testing.assert_close(o[:, 0], torch.cos(o[:, 3]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(o[:, 1], torch.sin(o[:, 3]), rtol=0, atol=1e-6)
+    # the angle is continuous: each decision (2 frames of 0.05 s) moves it by less than pi
+    assert (o[1:, 3] - o[:-1, 3]).abs().max() < torch.pi

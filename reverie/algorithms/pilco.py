@@ -15,7 +15,7 @@ config -> task -> env -> model -> cost -> loop.
    second; with ``stop_when_solved`` the loop ends there. Then ``eval_episodes`` evaluation
    episodes from fresh start states, and the imagined-vs-real plot.
 
-Tasks (:data:`TASKS`): ``reverie/CartPoleSwingUp-v0`` (PILCO's cart-pole swing-up, 3 s
+Tasks (:data:`TASKS`): ``reverie/CartPoleSwingUp-v0`` (PILCO's cart-pole swing-up, 4 s
 trials, the default), ``Pendulum-v1`` (swing-up from hanging down, action repeat 2) and
 ``InvertedPendulum-v5`` (MuJoCo, the published recipe's default). Per-task defaults fill the
 fields left at 0.
@@ -26,7 +26,7 @@ Logged metrics (``step`` = real env steps): ``train/trial_return``, ``train/tria
 ``eval/solved_fraction``. ``summary.json`` adds ``solved`` and ``trials`` (controller
 trials until the first solved one).
 
-Presets: the defaults are PILCO's (50 basis functions, L-BFGS policy search) sized for one
+Presets: the defaults are PILCO's MATLAB settings (10 basis functions, 4 s horizon, L-BFGS policy search) sized for one
 CPU core per seed; ``debug`` is a 30-second smoke run.
 """
 
@@ -66,9 +66,9 @@ class Config(RunConfig):
     n_basis: int = cfg(0, "RBF controller basis functions (0: the task's default).")
     max_gp_points: int = cfg(300, "Most recent transitions the GP conditions on (cost O(n^2) per step).")
     gp_max_iter: int = cfg(300, "L-BFGS-B iterations of the GP hyper-parameter fit.")
-    policy_lengthscale: float = cfg(1.0, "Initial length-scale of the RBF basis functions.")
+    policy_lengthscale: float = cfg(0.0, "Initial length-scale of the RBF basis functions (0: the task's, PILCO's 1 and 0.7 on sines/cosines).")
     optimizer: Literal["lbfgs", "adam"] = cfg("lbfgs", "Policy optimiser.")
-    policy_iters: int = cfg(100, "Imagined-cost evaluations per trial (L-BFGS evaluations or Adam steps).")
+    policy_iters: int = cfg(150, "Imagined-cost evaluations per trial (L-BFGS evaluations or Adam steps).")
     lr: float = cfg(0.01, "Adam learning rate (optimizer=adam).")
     stop_when_solved: bool = cfg(True, "End training at the first solved trial.")
     eval_episodes: int = cfg(3, "Evaluation episodes (fresh start states) at the end.")
@@ -110,28 +110,44 @@ class Task:
     frame_skip: int = 1
     start_down: bool = False  # Pendulum-v1: start hanging down (swing-up)
     eval_steps: int = 0  # 0: trial_steps
+    angle_dims: dict[int, tuple[int, int]] | None = None  # GPWorldModel(angle_dims=...)
+    policy_dims: tuple[int, ...] | None = None  # observations the controller reads (None: all)
+    policy_lengthscales: tuple[float, ...] | None = None  # initial, per policy input (None: 1)
 
 
 TASKS: dict[str, Task] = {
-    # pole upright: |angle| < 0.2 rad
-    "reverie/CartPoleSwingUp-v0": Task((0, 0, 1, 0, 0), swingup_cost_matrix(), 30, 50, _pole_cos_at(2)),
-    "Pendulum-v1": Task((1, 0, 0), np.diag([1.0, 1.0, 0.0]) / 0.5**2, 30, 30, _pole_cos_at(0),
-                        dt=0.05, frame_skip=2, start_down=True, eval_steps=100),
+    # pole upright: |angle| < 0.2 rad. Swing-ups as PILCO's MATLAB settings: the GP predicts
+    # the change of the unwrapped angle and reads its sine and cosine; so does the controller.
+    "reverie/CartPoleSwingUp-v0": Task(
+        (0, 0, 1, 0, 0, 0), swingup_cost_matrix(), 40, 10, _pole_cos_at(2),
+        angle_dims={5: (3, 2)}, policy_dims=(0, 1, 2, 3, 4), policy_lengthscales=(1, 1, 0.7, 0.7, 1)),
+    "Pendulum-v1": Task(
+        (1, 0, 0, 0), np.diag([1.0, 1.0, 0.0, 0.0]) / 0.5**2, 30, 30, _pole_cos_at(0),
+        dt=0.05, frame_skip=2, start_down=True, eval_steps=100,
+        angle_dims={3: (1, 0)}, policy_dims=(0, 1, 2), policy_lengthscales=(0.7, 0.7, 1)),
     "InvertedPendulum-v5": Task((0, 0, 0, 0), np.eye(4), 100, 10, _pole_angle_at(1), dt=0.04),
     # the CI learning test's toy task: reach x = 1 (within 0.1)
     "reverie/PointMass1D-v0": Task((1, 0), np.diag([1.0, 0.1]) / 0.3**2, 30, 10, _point_mass_at_target),
 }
 
 
-class _StartDown(gym.Wrapper):
-    """Pendulum-v1 from hanging down: ``theta ~ N(pi, 0.1^2)``, ``theta_dot ~ N(0, 0.1^2)``."""
+class _StartDown(gym.ObservationWrapper):
+    """Pendulum-v1 from hanging down (``theta ~ N(pi, 0.1^2)``, ``theta_dot ~ N(0, 0.1^2)``),
+    observing ``(cos theta, sin theta, theta_dot, theta)`` with the unwrapped angle."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float64)
 
     def reset(self, **kwargs):
         _, info = self.env.reset(**kwargs)
         rng = self.env.unwrapped.np_random
         self.env.unwrapped.state = np.array([np.pi, 0.0]) + 0.1 * rng.standard_normal(2)
+        return self.observation(None), info
+
+    def observation(self, observation):
         th, thdot = self.env.unwrapped.state
-        return np.array([np.cos(th), np.sin(th), thdot], dtype=np.float32), info
+        return np.array([np.cos(th), np.sin(th), thdot, th], dtype=np.float64)
 
 
 def make_env(name: str, task: Task, belief: bool = False):
@@ -148,6 +164,13 @@ def make_env(name: str, task: Task, belief: bool = False):
     if belief:
         transforms.append(MeanActionSelector())
     return TransformedEnv(env, Compose(*transforms)) if transforms else env
+
+
+def make_controller(config: Config, task: Task, env) -> RBFController:
+    """The RBF controller on the task's policy inputs, squashed to the action bounds."""
+    obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+    return RBFController(obs_dim, action_dim, env.action_spec.space.high.to(torch.float64),
+                         n_basis=config.n_basis or task.n_basis, input_dims=task.policy_dims).double()
 
 
 def initial_belief(env, n: int = 500) -> TensorDict:
@@ -186,12 +209,12 @@ def train(config: Config) -> dict:
     belief_env.set_seed(10_000 + config.seed)
     start = initial_belief(belief_env)
 
-    gp = GPWorldModel(obs_dim, action_dim)
-    controller = RBFController(obs_dim, action_dim, env.action_spec.space.high.to(torch.float64),
-                               n_basis=config.n_basis or task.n_basis).double()
+    gp = GPWorldModel(obs_dim, action_dim, angle_dims=task.angle_dims)
+    controller = make_controller(config, task, env)
     start_states = start["observation", "mean"] + torch.randn(500, obs_dim, dtype=torch.float64) @ \
         torch.linalg.cholesky(start["observation", "var"][0]).T
-    controller.initialize(start_states, lengthscale=config.policy_lengthscale)
+    controller.initialize(start_states, lengthscale=config.policy_lengthscale or
+                          torch.tensor(task.policy_lengthscales or 1.0, dtype=torch.float64))
     policy = TensorDictModule(controller, in_keys=[("observation", "mean"), ("observation", "var")],
                               out_keys=[("action", "mean"), ("action", "var"), ("action", "cross_covariance")])
     cost = ExponentialQuadraticCost(torch.tensor(task.target, dtype=torch.float64),
@@ -346,9 +369,7 @@ def evaluate(config: Config) -> dict:
         raise FileNotFoundError(f"No checkpoint.pt in {config.run_dir}.")
     task = TASKS[config.env]
     env = make_env(config.env, task)
-    obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
-    controller = RBFController(obs_dim, action_dim, env.action_spec.space.high.to(torch.float64),
-                               n_basis=config.n_basis or task.n_basis).double()
+    controller = make_controller(config, task, env)
     controller.load_state_dict(state["controller"])
     policy = TensorDictModule(controller, in_keys=[("observation", "mean"), ("observation", "var")],
                               out_keys=[("action", "mean"), ("action", "var"), ("action", "cross_covariance")])

@@ -43,14 +43,15 @@ def cartpole_derivatives(state: np.ndarray, force: float, M=0.5, m=0.5, length=0
 
 
 def swingup_cost_matrix(length: float = 0.5, width: float = 0.25) -> np.ndarray:
-    """``W (5, 5)`` with ``(o - t)^T W (o - t) = d^2 / width^2`` on observations.
+    """``W (6, 6)`` with ``(o - t)^T W (o - t) = d^2 / width^2`` on observations.
 
     ``d`` is the distance of the pole tip ``(x - l sin(phi), l cos(phi))`` to the target
-    ``(0, l)``; observations are ``o = (x, x_dot, cos(phi), sin(phi), phi_dot)`` with ``phi``
-    the angle from upright and target ``t = (0, 0, 1, 0, 0)``:
-    ``d^2 = (x - l sin(phi))^2 + l^2 (cos(phi) - 1)^2 = |A (o - t)|^2``.
+    ``(0, l)``; observations are ``o = (x, x_dot, cos(phi), sin(phi), phi_dot, phi)`` with
+    ``phi`` the angle from upright and target ``t = (0, 0, 1, 0, 0, 0)``:
+    ``d^2 = (x - l sin(phi))^2 + l^2 (cos(phi) - 1)^2 = |A (o - t)|^2`` (the unwrapped angle
+    itself does not enter).
     """
-    a = np.zeros((2, 5))
+    a = np.zeros((2, 6))
     a[0, 0], a[0, 3] = 1.0, -length
     a[1, 2] = length
     return a.T @ a / width**2
@@ -62,26 +63,27 @@ class CartPoleSwingUp(gym.Env):
     PILCO's simulated task: parameters :data:`PARAMS`, a force ``u in [-10, 10]`` N held
     for ``dt = 0.1`` s (zero-order hold, integrated with RK4 in 10 sub-steps), start state
     ``(x, x_dot, theta_dot, theta) ~ N(0, 0.1^2 I)`` around hanging down (``theta = 0``),
-    episodes of ``max_steps = 30`` (3 s), never terminated early.
+    episodes of ``max_steps = 40`` (4 s, PILCO's horizon), never terminated early.
 
-    Observation ``(x, x_dot, cos(phi), sin(phi), phi_dot)`` with ``phi = theta - pi`` the
-    pole's angle from upright (float64). Reward ``-(1 - exp(-d^2 / (2 * 0.25^2)))`` with
+    Observation ``(x, x_dot, cos(phi), sin(phi), phi_dot, phi)`` (float64) with
+    ``phi = theta - pi`` the pole's angle from upright, unwrapped (a full turn adds
+    ``2 pi``): models predict its change, which is smooth, and read its sine and cosine. Reward ``-(1 - exp(-d^2 / (2 * 0.25^2)))`` with
     ``d`` the tip's distance to the upright target (PILCO's saturating cost, see
     :func:`swingup_cost_matrix`); ``info["upright"]`` is ``|phi| < 0.2`` rad.
 
     >>> env = CartPoleSwingUp()
     >>> obs, _ = env.reset(seed=0)
     >>> obs.shape, round(float(obs[2]), 1)  # cos(phi) = -1: hanging down
-    ((5,), -1.0)
+    ((6,), -1.0)
     """
 
     metadata = {"render_modes": []}
     upright_tolerance = 0.2
 
-    def __init__(self, max_steps: int = 30, dt: float = 0.1, substeps: int = 10) -> None:
+    def __init__(self, max_steps: int = 40, dt: float = 0.1, substeps: int = 10) -> None:
         self.dt, self.max_steps, self.substeps = dt, max_steps, substeps
         self.max_force = 10.0
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (5,), np.float64)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (6,), np.float64)
         self.action_space = gym.spaces.Box(-self.max_force, self.max_force, (1,), np.float32)
         self.state = np.zeros(4)
         self.t = 0
@@ -89,7 +91,7 @@ class CartPoleSwingUp(gym.Env):
     def _obs(self) -> np.ndarray:
         x, v, w, th = self.state
         phi = th - np.pi
-        return np.array([x, v, np.cos(phi), np.sin(phi), w])
+        return np.array([x, v, np.cos(phi), np.sin(phi), w, phi])
 
     def angle_from_upright(self) -> float:
         return float(np.angle(np.exp(1j * (self.state[3] - np.pi))))
@@ -113,7 +115,7 @@ class CartPoleSwingUp(gym.Env):
         self.state = z
         self.t += 1
         obs = self._obs()
-        target = np.array([0.0, 0.0, 1.0, 0.0, 0.0])
+        target = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
         diff = obs - target
         reward = -(1.0 - np.exp(-0.5 * diff @ swingup_cost_matrix() @ diff))
         upright = abs(self.angle_from_upright()) < self.upright_tolerance
@@ -121,4 +123,4 @@ class CartPoleSwingUp(gym.Env):
 
 
 if "reverie/CartPoleSwingUp-v0" not in gym.registry:
-    gym.register(id="reverie/CartPoleSwingUp-v0", entry_point=CartPoleSwingUp, max_episode_steps=30)
+    gym.register(id="reverie/CartPoleSwingUp-v0", entry_point=CartPoleSwingUp, max_episode_steps=40)

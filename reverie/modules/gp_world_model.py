@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from tensordict import TensorDictBase
@@ -16,6 +16,7 @@ from reverie.modules.moment_matching import (
     next_state_belief,
     psd_cholesky,
     se_basis_moments,
+    trig_moments,
 )
 
 __all__ = ["GPWorldModel"]
@@ -62,6 +63,13 @@ class GPWorldModel(TensorDictModuleBase):
             huge alternating weights and moment-matched predictions (and policy gradients)
             become numerically chaotic. PILCO penalises SNR > 500 for the same reason.
             ``None`` keeps the maximum-likelihood noise.
+        angle_dims: ``{angle: (sin, cos)}``: observation ``angle`` is an (unwrapped) angle
+            whose sine and cosine are observations ``sin`` and ``cos`` (PILCO's trigonometric
+            augmentation). The GPs then read the sine and cosine instead of the angle
+            (periodic inputs), predict ``Delta`` of every observation except the sines and
+            cosines (the angle's change is smooth where its sine's is not), and the next
+            belief's sines and cosines are moment-matched from the predicted Gaussian
+            (:func:`~reverie.modules.moment_matching.trig_moments`).
 
     Example:
         >>> from tensordict import TensorDict
@@ -89,10 +97,27 @@ class GPWorldModel(TensorDictModuleBase):
         *,
         dtype: torch.dtype = torch.float64,
         max_snr: float | None = 200.0,
+        angle_dims: Mapping[int, tuple[int, int]] | None = None,
     ) -> None:
         super().__init__()
         self.max_snr = max_snr
         self.obs_dim, self.action_dim = int(obs_dim), int(action_dim)
+        angle_dims = {int(k): (int(v[0]), int(v[1])) for k, v in (angle_dims or {}).items()}
+        used = [*angle_dims, *(d for pair in angle_dims.values() for d in pair)]
+        if len(set(used)) != len(used) or any(not 0 <= d < self.obs_dim for d in used):
+            raise ValueError(
+                f"GPWorldModel: angle_dims={angle_dims} must map distinct observation indices in "
+                f"[0, {self.obs_dim}) to distinct (sin, cos) indices."
+            )
+        self.angle_dims = angle_dims
+        derived = [p[0] for p in angle_dims.values()] + [p[1] for p in angle_dims.values()]
+        #: observations the GPs read (angles enter through their sine and cosine)
+        self.input_obs = [d for d in range(self.obs_dim) if d not in angle_dims]
+        #: observations whose change the GPs predict (all but the sines and cosines)
+        self.target_obs = [d for d in range(self.obs_dim) if d not in derived]
+        self._angle_pos = [self.target_obs.index(a) for a in angle_dims]  # within target_obs
+        order = self.target_obs + derived  # next belief = [targets, sin, cos] permuted back
+        self._unpermute = [order.index(d) for d in range(self.obs_dim)]
         if in_keys is None:
             in_keys = [
                 ("observation", "mean"), ("observation", "var"),
@@ -108,8 +133,8 @@ class GPWorldModel(TensorDictModuleBase):
             )
         self.in_keys = [unravel_key(k) for k in in_keys]
         self.out_keys = [unravel_key(k) for k in out_keys]
-        d_in = self.obs_dim + self.action_dim
-        D = self.obs_dim
+        d_in = len(self.input_obs) + self.action_dim
+        D = len(self.target_obs)
         self.register_buffer("train_inputs", torch.zeros(0, d_in, dtype=dtype))
         self.register_buffer("train_targets", torch.zeros(D, 0, dtype=dtype))
         self.register_buffer("lengthscales", torch.ones(D, d_in, dtype=dtype))
@@ -148,7 +173,8 @@ class GPWorldModel(TensorDictModuleBase):
             raise ValueError(f"GPWorldModel.fit: need at least 2 transitions, got {data.numel()}.")
         if not all(torch.isfinite(t).all() for t in tensors):
             raise ValueError("GPWorldModel.fit: the dataset contains NaN or inf values.")
-        return torch.cat([obs, act], -1), (nxt - obs).T.contiguous()
+        inputs = torch.cat([obs[:, self.input_obs], act], -1)  # (n, d_in)
+        return inputs, (nxt - obs)[:, self.target_obs].T.contiguous()  # (E, n)
 
     def set_data(
         self,
@@ -160,7 +186,9 @@ class GPWorldModel(TensorDictModuleBase):
     ) -> None:
         """Condition on ``dataset`` with given hyper-parameters (no optimisation).
 
-        ``lengthscales (D, D+F)``, ``signal_var (D,)``, ``noise_var (D,)``. Computes
+        ``lengthscales (E, d_in)``, ``signal_var (E,)``, ``noise_var (E,)`` with ``E`` the
+        predicted observations and ``d_in`` the GP inputs (``E = D``, ``d_in = D + F``
+        without ``angle_dims``). Computes
         ``beta_a = (K_a + s_a^2 I)^{-1} y_a`` and ``(K_a + s_a^2 I)^{-1}`` by Cholesky
         (with jitter retry).
         """
@@ -169,9 +197,10 @@ class GPWorldModel(TensorDictModuleBase):
 
     def _condition(self, inputs, targets, lengthscales, signal_var, noise_var) -> None:
         ref = self.train_inputs
+        n_out = len(self.target_obs)
         ls, sv, nv = (t.detach().to(ref).reshape(s) for t, s in (
-            (lengthscales, self.lengthscales.shape), (signal_var, (self.obs_dim,)),
-            (noise_var, (self.obs_dim,))))
+            (lengthscales, self.lengthscales.shape), (signal_var, (n_out,)),
+            (noise_var, (n_out,))))
         scaled = inputs / ls[:, None, :]  # (D, n, d)
         sq = (scaled[:, :, None] - scaled[:, None]).square().sum(-1)  # (D, n, n)
         eye = torch.eye(inputs.shape[0], dtype=ref.dtype, device=ref.device)
@@ -289,14 +318,23 @@ class GPWorldModel(TensorDictModuleBase):
         """Plain GP posterior of the next state at points (eqs. 7-8).
 
         ``observation (*B, D)``, ``action (*B, F)`` -> mean ``(*B, D)``, variance ``(*B, D)``.
+        With ``angle_dims``, the sines and cosines are the moments of the sine and cosine of
+        the predicted (Gaussian) angle.
         """
         self._check_fitted()
-        x = torch.cat([observation.to(self.beta), action.to(self.beta)], -1)
+        obs = observation.to(self.beta)
+        x = torch.cat([obs[..., self.input_obs], action.to(self.beta)], -1)
         mean, var = gp_point_posterior(
             x, self.train_inputs, self.lengthscales, self.signal_var, self.beta,
             self.inv_gram, self.noise_var,
-        )
-        return observation.to(self.beta) + mean, var
+        )  # (*B, E), (*B, E)
+        mean = obs[..., self.target_obs] + mean
+        if not self.angle_dims:
+            return mean, var
+        t_mean, t_var, _ = trig_moments(mean, torch.diag_embed(var), self._angle_pos)
+        perm = self._unpermute
+        return (torch.cat([mean, t_mean], -1)[..., perm],
+                torch.cat([var, t_var.diagonal(dim1=-2, dim2=-1)], -1)[..., perm])
 
     def propagate(
         self,
@@ -316,12 +354,29 @@ class GPWorldModel(TensorDictModuleBase):
         obs_mean, obs_var, act_mean, act_var, cross_cov = (
             t.to(ref) for t in (obs_mean, obs_var, act_mean, act_var, cross_cov))
         mean, cov = joint_input_belief(obs_mean, obs_var, act_mean, act_var, cross_cov)
-        d_mean, d_var, d_cio = se_basis_moments(
-            mean, cov, self.train_inputs, self.lengthscales, self.signal_var, self.beta,
-            self.inv_gram,
+        if not self.angle_dims:
+            d_mean, d_var, d_cio = se_basis_moments(
+                mean, cov, self.train_inputs, self.lengthscales, self.signal_var, self.beta,
+                self.inv_gram,
+            )
+            d_var = d_var + torch.diag_embed(self.noise_var.expand_as(d_mean))
+            return next_state_belief(obs_mean, obs_var, d_mean, d_var, d_cio)
+        D = self.obs_dim
+        inp = torch.tensor(self.input_obs + list(range(D, D + self.action_dim)), device=ref.device)
+        tgt = torch.tensor(self.target_obs, device=ref.device)
+        d_mean, d_var, c = se_basis_moments(  # c = cov[x_t, Delta] (*B, E, E)
+            mean[..., inp], cov[..., inp[:, None], inp], self.train_inputs, self.lengthscales,
+            self.signal_var, self.beta, self.inv_gram, cross=cov[..., tgt[:, None], inp],
         )
         d_var = d_var + torch.diag_embed(self.noise_var.expand_as(d_mean))
-        return next_state_belief(obs_mean, obs_var, d_mean, d_var, d_cio)
+        t_mean, t_var = next_state_belief(  # (*B, E), (*B, E, E): the non-derived observations
+            obs_mean[..., tgt], obs_var[..., tgt[:, None], tgt], d_mean, d_var, c)
+        s_mean, s_var, s_cross = trig_moments(t_mean, t_var, self._angle_pos)  # [sin, cos]
+        full_mean = torch.cat([t_mean, s_mean], -1)  # (*B, D) in the order [targets, sin, cos]
+        full_var = torch.cat([torch.cat([t_var, s_cross], -1),
+                              torch.cat([s_cross.transpose(-1, -2), s_var], -1)], -2)
+        perm = torch.tensor(self._unpermute, device=ref.device)
+        return full_mean[..., perm], full_var[..., perm[:, None], perm]
 
     @staticmethod
     def _get(td: TensorDictBase, key: tuple):

@@ -13,12 +13,16 @@ an input belief ``x ~ N(m, S)`` of dimension ``d``; ``E`` outputs; ``n`` basis c
   is more than one block, so autograd keeps no ``O(E^2 n^2)`` activations).
 * :func:`gp_point_posterior` - the plain GP posterior at a point (eqs. 7-8).
 * :func:`sin_squash_moments` - moments of ``a * sin(u)`` for Gaussian ``u``.
+* :func:`trig_moments` - moments of ``[sin, cos]`` of Gaussian angles (PILCO's
+  trigonometric augmentation).
 * :func:`expected_saturating_cost` - ``E[1 - exp(-1/2 (x-t)^T W (x-t))]`` (eqs. 24-25).
 * :func:`joint_input_belief` / :func:`next_state_belief` - eqs. 10-12 glue.
 * :func:`psd_cholesky` - Cholesky factorisation with jitter retry.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -32,6 +36,7 @@ __all__ = [
     "psd_cholesky",
     "se_basis_moments",
     "sin_squash_moments",
+    "trig_moments",
 ]
 
 
@@ -172,6 +177,7 @@ def se_basis_moments(
     beta: Tensor,
     inv_gram: Tensor | None = None,
     *,
+    cross: Tensor | None = None,
     recompute: bool | None = None,
     max_elements: int = 2**21,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -181,7 +187,9 @@ def se_basis_moments(
 
     * mean (eqs. 14-16): ``mu_a = beta_a^T q_a``,
       ``q_ai = alpha_a^2 |S Lambda_a^{-1} + I|^{-1/2} exp(-1/2 nu_i^T (S + Lambda_a)^{-1} nu_i)``;
-    * input-output covariance: ``cov[x, f_a] = S (S + Lambda_a)^{-1} sum_i beta_ai q_ai nu_i``;
+    * input-output covariance: ``cov[x, f_a] = S (S + Lambda_a)^{-1} sum_i beta_ai q_ai nu_i``,
+      and for any ``z`` jointly Gaussian with ``x`` (``cross = cov[z, x]``):
+      ``cov[z, f_a] = cov[z, x] (S + Lambda_a)^{-1} sum_i beta_ai q_ai nu_i`` (no ``S^{-1}``);
     * covariance (eqs. 17-22): ``cov[f_a, f_b] = beta_a^T Q_ab beta_b - mu_a mu_b`` with
       ``Q_ab,ij = alpha_a^2 alpha_b^2 |R_ab|^{-1/2} exp(-1/2 nu_i^T Lambda_a^{-1} nu_i
       - 1/2 nu_j^T Lambda_b^{-1} nu_j + 1/2 z_ij^T R_ab^{-1} S z_ij)``,
@@ -197,6 +205,8 @@ def se_basis_moments(
         cov: ``(*B, d, d)`` belief covariance ``S``.
         centers: ``(n, d)``; lengthscales: ``(E, d)``; signal_var: ``(E,)``; beta: ``(E, n)``.
         inv_gram: ``(E, n, n)`` or ``None``.
+        cross: ``cov[z, x]`` ``(*B, r, d)``: return ``cov[z, f]`` ``(*B, r, E)`` as the third
+            output instead of ``cov[x, f]`` (``cross = S`` gives the default).
         recompute: rebuild each block of second moments in the backward pass instead of
             storing it. Default: when gradients are recorded and the pairs need more than one
             block.
@@ -206,7 +216,8 @@ def se_basis_moments(
             backward pass keeps no ``O(E^2 n^2)`` activations either.
 
     Returns:
-        ``mu (*B, E)``, ``sigma (*B, E, E)``, ``input_output_cov (*B, d, E)``.
+        ``mu (*B, E)``, ``sigma (*B, E, E)``, ``input_output_cov (*B, d, E)`` (``(*B, r, E)``
+        with ``cross``).
 
     Example:
         >>> centers = torch.zeros(1, 1, dtype=torch.float64)
@@ -239,7 +250,8 @@ def se_basis_moments(
     bq = beta * q  # (B, E, n)
     mu = bq.sum(-1)  # (B, E)
     weighted = (solved * bq[:, :, None, :]).sum(-1)  # (B, E, d) = (S+Lambda)^{-1} sum bq nu
-    cio = (s @ weighted.transpose(-1, -2))  # (B, d, E)
+    rows = s if cross is None else cross.reshape(m.shape[0], -1, d)  # (B, r, d)
+    cio = rows @ weighted.transpose(-1, -2)  # (B, r, E) = cov[z, f]
 
     # ---- second moments (eqs. 17-23), one row a at a time, b >= a
     zeta = nu[:, None] * inv_lam[None, :, None, :]  # (B, E, n, d)
@@ -274,7 +286,7 @@ def se_basis_moments(
     return (
         mu.reshape(*batch, n_out),
         sigma.reshape(*batch, n_out, n_out),
-        cio.reshape(*batch, d, n_out),
+        cio.reshape(*batch, cio.shape[-2], n_out),
     )
 
 
@@ -316,6 +328,37 @@ def sin_squash_moments(
     y_cov = 0.5 * (y_cov + y_cov.transpose(-1, -2))
     factor = torch.diag_embed(amp * damp * torch.cos(mean))
     return y_mean, y_cov, factor
+
+
+def trig_moments(mean: Tensor, cov: Tensor, angles: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Moments of ``[sin x_A, cos x_A]`` for the angle coordinates ``A`` of ``x ~ N(m, S)``.
+
+    PILCO's trigonometric augmentation (Deisenroth et al., 2015, "gTrig"): with
+    ``cos x = sin(x + pi/2)``, this is :func:`sin_squash_moments` of ``v = [x_A, x_A + pi/2]``
+    (``cov[v] = [[S_AA, S_AA], [S_AA, S_AA]]``), so
+    ``E[sin x_i] = exp(-S_ii/2) sin m_i``, ``E[cos x_i] = exp(-S_ii/2) cos m_i``,
+    ``E[sin x_i sin x_j] = 1/2 [exp(-(S_ii + S_jj - 2 S_ij)/2) cos(m_i - m_j)
+    - exp(-(S_ii + S_jj + 2 S_ij)/2) cos(m_i + m_j)]`` (and likewise for the cos pairs), and
+    ``cov[x, sin x_i] = S_:i exp(-S_ii/2) cos m_i``,
+    ``cov[x, cos x_i] = -S_:i exp(-S_ii/2) sin m_i`` (Stein's lemma).
+
+    Shapes: ``(*B, D)``, ``(*B, D, D)``, ``k = len(angles)`` -> mean ``(*B, 2k)`` ordered
+    ``[sin x_A, cos x_A]``, covariance ``(*B, 2k, 2k)`` and ``cov[x, trig] (*B, D, 2k)``.
+
+    Example:
+        >>> m, S = torch.tensor([0.0, 1.0]), torch.diag(torch.tensor([1.0, 0.0]))
+        >>> t_mean, _, _ = trig_moments(m, S, [1])  # x_1 = 1 exactly
+        >>> [round(v, 4) for v in t_mean.tolist()]  # sin 1, cos 1
+        [0.8415, 0.5403]
+    """
+    idx = torch.as_tensor(list(angles), dtype=torch.long, device=mean.device)
+    both = torch.cat([idx, idx])  # (2k,)
+    shift = torch.cat([torch.zeros_like(idx), torch.ones_like(idx)]).to(mean.dtype) * (0.5 * torch.pi)
+    v_mean = mean[..., both] + shift  # (*B, 2k)
+    v_cov = cov[..., both[:, None], both[None, :]]  # (*B, 2k, 2k)
+    t_mean, t_cov, factor = sin_squash_moments(v_mean, v_cov, 1.0)
+    cross = cov[..., both] @ factor  # (*B, D, 2k) = cov[x, v] J
+    return t_mean, t_cov, cross
 
 
 def expected_saturating_cost(

@@ -26,6 +26,10 @@ class RBFController(nn.Module):
         input_dim: state dimension ``D``. output_dim: action dimension ``F``.
         max_action: ``a`` (scalar or ``(F,)``); ``None`` disables the squash.
         n_basis: number of centres.
+        input_dims: the state coordinates the network reads (default: all ``D``), e.g. the
+            sine and cosine of an angle but not the angle itself. The cross-covariance is
+            still ``cov[x, u]`` over all ``D`` coordinates (exact for a Gaussian belief:
+            ``cov[x, u~] = cov[x, x_I] (S_II + Lambda)^{-1} sum_i w_i q_i nu_i``).
 
     ``forward(mean (*B, D), cov (*B, D, D))`` returns action mean ``(*B, F)``, action
     covariance ``(*B, F, F)`` and the input-output cross-covariance ``cov[x, u]``
@@ -44,12 +48,21 @@ class RBFController(nn.Module):
         output_dim: int,
         max_action: float | Tensor | None,
         n_basis: int = 10,
+        *,
+        input_dims: list[int] | tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.input_dim, self.output_dim, self.n_basis = int(input_dim), int(output_dim), int(n_basis)
-        self.centers = nn.Parameter(0.5 * torch.randn(n_basis, input_dim))
+        self.input_dims = list(range(self.input_dim)) if input_dims is None else [int(d) for d in input_dims]
+        if not self.input_dims or any(not 0 <= d < self.input_dim for d in self.input_dims) \
+                or len(set(self.input_dims)) != len(self.input_dims):
+            raise ValueError(
+                f"RBFController: input_dims={input_dims} must be distinct indices in [0, {self.input_dim})."
+            )
+        d = len(self.input_dims)
+        self.centers = nn.Parameter(0.5 * torch.randn(n_basis, d))
         self.weights = nn.Parameter(0.1 * torch.randn(output_dim, n_basis))
-        self.log_lengthscales = nn.Parameter(torch.zeros(output_dim, input_dim))
+        self.log_lengthscales = nn.Parameter(torch.zeros(output_dim, d))
         if max_action is None:
             self.max_action = None
         else:
@@ -67,11 +80,11 @@ class RBFController(nn.Module):
         self, states: Tensor, lengthscale: float | Tensor | None = None, weight_scale: float = 0.1
     ) -> RBFController:
         """Centres at random ``states (N, D)`` plus ``N(0, 0.1^2)`` noise, weights
-        ``N(0, weight_scale^2)``, length-scales ``lengthscale`` (scalar or ``(D,)``; default
+        ``N(0, weight_scale^2)``, length-scales ``lengthscale`` (scalar or ``(len(input_dims),)``; default
         ``std(states)``). PILCO starts centres around the start state with unit-scale
         length-scales: the controller must act where the state will go, not only at the
         start. Returns ``self``."""
-        states = states.reshape(-1, self.input_dim).to(self.centers)
+        states = states.reshape(-1, self.input_dim).to(self.centers)[:, self.input_dims]
         idx = torch.randint(states.shape[0], (self.n_basis,))
         self.centers.copy_(states[idx] + 0.1 * torch.randn_like(self.centers))
         if lengthscale is None:
@@ -91,8 +104,10 @@ class RBFController(nn.Module):
         ref = self.centers
         mean, cov = mean.to(ref), cov.to(ref)
         ones = torch.ones(self.output_dim, dtype=ref.dtype, device=ref.device)
-        u_mean, u_cov, cio = se_basis_moments(
-            mean, cov, self.centers, self.log_lengthscales.exp(), ones, self.weights)
+        sel = torch.tensor(self.input_dims, device=ref.device)
+        u_mean, u_cov, cio = se_basis_moments(  # cio = cov[x, u~] (*B, D, F)
+            mean[..., sel], cov[..., sel[:, None], sel], self.centers, self.log_lengthscales.exp(),
+            ones, self.weights, cross=cov[..., sel])
         if self.max_action is None:
             return u_mean, u_cov, cio
         a_mean, a_cov, factor = sin_squash_moments(u_mean, u_cov, self.max_action.to(ref))
