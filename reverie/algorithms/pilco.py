@@ -16,7 +16,7 @@ config -> task -> env -> model -> cost -> loop.
    episodes from fresh start states, and the imagined-vs-real plot.
 
 Tasks (:data:`TASKS`): ``reverie/CartPoleSwingUp-v0`` (PILCO's cart-pole swing-up, 4 s
-trials, the default), ``Pendulum-v1`` (swing-up from hanging down, action repeat 2) and
+trials, the default), ``Pendulum-v1`` (swing-up from hanging down, action repeat 2, 4 s trials) and
 ``InvertedPendulum-v5`` (MuJoCo, the published recipe's default). Per-task defaults fill the
 fields left at 0.
 
@@ -122,7 +122,7 @@ TASKS: dict[str, Task] = {
         (0, 0, 1, 0, 0, 0), swingup_cost_matrix(), 40, 10, _pole_cos_at(2),
         angle_dims={5: (3, 2)}, policy_dims=(0, 1, 2, 3, 4), policy_lengthscales=(1, 1, 0.7, 0.7, 1)),
     "Pendulum-v1": Task(
-        (1, 0, 0, 0), np.diag([1.0, 1.0, 0.0, 0.0]) / 0.5**2, 30, 30, _pole_cos_at(0),
+        (1, 0, 0, 0), np.diag([1.0, 1.0, 0.0, 0.0]) / 0.5**2, 40, 30, _pole_cos_at(0),
         dt=0.05, frame_skip=2, start_down=True, eval_steps=100,
         angle_dims={3: (1, 0)}, policy_dims=(0, 1, 2), policy_lengthscales=(0.7, 0.7, 1)),
     "InvertedPendulum-v5": Task((0, 0, 0, 0), np.eye(4), 100, 10, _pole_angle_at(1), dt=0.04),
