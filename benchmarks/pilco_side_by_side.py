@@ -99,7 +99,7 @@ def reverie(seed: int, run_root: Path) -> dict:
     run_dir = run_root / f"reverie-s{seed}"
     cmd = [sys.executable, "-m", "reverie.cli", "train", "pilco", "--env", ENV, "--seed", str(seed),
            f"run_dir={run_dir}", "random_trials=2", "trials=3", "trial_steps=100", "horizon=40",
-           "stop_when_solved=false", "eval_episodes=3", "progress=false"]
+           "policy_iters=100", "stop_when_solved=false", "eval_episodes=3", "progress=false"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO_ROOT)
     wall = time.perf_counter() - t0
