@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -262,14 +263,17 @@ def main(argv=None) -> int:
     out = args.out or (None if args.quick else DEFAULT_OUT)
     if out is not None:
         import torch
-        meta = {"command": "python benchmarks/bench_pilco.py" + (" --quick" if args.quick else ""),
+        meta = {"command": " ".join(["python benchmarks/bench_pilco.py", *sys.argv[1:]]),
+                "load_average_1_5_15_min_at_end": [round(v, 2) for v in os.getloadavg()],
                 "machine": platform.platform(), "python": platform.python_version(),
                 "torch": torch.__version__, "threads": 1, "horizon": HORIZON, "n_basis": N_BASIS,
                 "mem_limit_gb": args.mem_limit_gb}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**meta, "table": rows}, indent=2) + "\n")
         md = ["# PILCO: Reverie vs the published implementation", "",
-              f"Command: `{meta['command']}` (one CPU thread per process, {meta['machine']}).", "",
+              f"Command: `{meta['command']}` (one CPU thread per process, {meta['machine']}; "
+              f"load average over 1/5/15 min at the end: {meta['load_average_1_5_15_min_at_end']} "
+              "on 2 cores).", "",
               "Cart-pole swing-up transitions of random actions (D = 5, F = 1, float64). Rollout: "
               f"{HORIZON} imagined steps, B = 1, RBF controller with {N_BASIS} basis functions, "
               "expected saturating cost, backward to the controller; both models hold the same "
