@@ -226,82 +226,50 @@ class GPWorldModel(TensorDictModuleBase):
             bound), "n": n}``.
         """
         try:
-            import gpytorch
-            from botorch.fit import fit_gpytorch_mll
+            import botorch.fit  # noqa: F401
+            import gpytorch  # noqa: F401
         except ImportError as err:  # pragma: no cover - exercised without the extra
             raise ImportError(
                 "GPWorldModel.fit needs gpytorch and botorch: pip install 'reverie[gp]'"
             ) from err
         inputs, targets = self._dataset_tensors(dataset)
         D, n = targets.shape
-        x = inputs.expand(D, *inputs.shape)
-
-        class _IndependentGPs(gpytorch.models.ExactGP):
-            def __init__(self, likelihood):
-                super().__init__(x, targets, likelihood)
-                self.mean_module = gpytorch.means.ZeroMean(batch_shape=torch.Size([D]))
-                base = gpytorch.kernels.RBFKernel(
-                    ard_num_dims=inputs.shape[-1], batch_shape=torch.Size([D]))
-                # a (near-)linear target pushes alpha^2 and the length-scales to infinity
-                # (an ill-conditioned Gram matrix): alpha^2 <= 1e3 var(Delta_a)
-                self.covar_module = gpytorch.kernels.ScaleKernel(
-                    base, batch_shape=torch.Size([D]),
-                    outputscale_constraint=gpytorch.constraints.Interval(1e-12, 1e3 * target_var))
-
-            def transform_inputs(self, X, input_transform=None):  # botorch's closure calls it
-                return X
-
-            def forward(self, z):
-                return gpytorch.distributions.MultivariateNormal(
-                    self.mean_module(z), self.covar_module(z))
-
+        warm = warm_start and self.is_fitted
         # noise floor: the SNR bound relative to the target variance (noise-free data would
         # otherwise drive the noise to ~0 and the Gram matrix to singular)
         rel = 1.0 / self.max_snr**2 if self.max_snr is not None else 1e-8
         target_var = targets.var(-1).clamp_min(1e-12)  # (D,)
-        floor = (target_var * rel).clamp_min(1e-10)  # (D,)
-        value = None
-        for attempt in ("warm", "data"):  # a warm start can fail where the data-based one fits
-            if attempt == "warm" and not (warm_start and self.is_fitted):
-                continue
-            likelihood = gpytorch.likelihoods.GaussianLikelihood(
-                batch_shape=torch.Size([D]),
-                noise_constraint=gpytorch.constraints.GreaterThan(float(floor.min())),
-            )
-            model = _IndependentGPs(likelihood).to(inputs)
-            if attempt == "warm":
-                ls, sv, nv = self.lengthscales, self.signal_var, self.noise_var
+        data_init = (inputs.std(0).clamp_min(1e-3).expand(D, -1),  # (D, E)
+                     targets.var(-1).clamp_min(1e-6), targets.var(-1).clamp_min(1e-6) / 100.0)
+        # one L-BFGS-B per output: each GP stops at its own convergence (a joint optimisation
+        # of the D independent likelihoods runs until the slowest one has converged)
+        ls, sv, nv, values = [], [], [], []
+        for a in range(D):
+            starts = []
+            if warm:
+                starts.append((self.lengthscales[a], self.signal_var[a], self.noise_var[a]))
+            starts.append(tuple(t[a] for t in data_init))
+            failure = None
+            for init in starts:  # a warm start can fail where the data-based one fits
+                try:
+                    out = _fit_one_gp(inputs, targets[a], init, target_var[a],
+                                      float((target_var[a] * rel).clamp_min(1e-10)), max_iter)
+                    break
+                except Exception as err:  # botorch's ModelFittingError / linear-algebra error
+                    failure = err
             else:
-                ls = inputs.std(0).clamp_min(1e-3).expand(D, -1)
-                sv = targets.var(-1).clamp_min(1e-6)
-                nv = sv / 100.0
-            model.covar_module.base_kernel.lengthscale = ls[:, None, :]
-            model.covar_module.outputscale = torch.minimum(sv, 5e2 * target_var)
-            likelihood.noise = torch.maximum(nv, 2 * floor)[:, None]
-            mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
-            model.train()
-            try:
-                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": max_iter}})
-            except Exception as err:  # botorch's ModelFittingError (or a linear-algebra error)
-                failure = err
-                continue
-            mll.train()  # botorch leaves the model in eval mode: score the marginal likelihood
-            with torch.no_grad():
-                value = mll(model(x), targets).mean().item()
-            break
-        if value is None:
-            raise RuntimeError(
-                f"GPWorldModel.fit: marginal-likelihood fit failed on {n} transitions "
-                f"({type(failure).__name__}: {failure}); check the data for duplicates or "
-                "extreme values."
-            ) from failure
-        signal = model.covar_module.outputscale.detach()
-        noise = likelihood.noise.squeeze(-1).detach()
+                raise RuntimeError(
+                    f"GPWorldModel.fit: marginal-likelihood fit of output {a} failed on {n} "
+                    f"transitions ({type(failure).__name__}: {failure}); check the data for "
+                    "duplicates or extreme values."
+                ) from failure
+            for store, v in zip((ls, sv, nv, values), out, strict=True):
+                store.append(v)
+        signal, noise = torch.stack(sv), torch.stack(nv)
         if self.max_snr is not None:  # bound the signal-to-noise ratio (numerical stability)
             noise = torch.maximum(noise, signal / self.max_snr**2)
-        self._condition(inputs, targets, model.covar_module.base_kernel.lengthscale.squeeze(-2),
-                        signal, noise)
-        return {"mll": value, "n": n}
+        self._condition(inputs, targets, torch.stack(ls), signal, noise)
+        return {"mll": sum(values) / D, "n": n}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in _BUFFERS:  # fitted buffers change size with the data
@@ -426,3 +394,49 @@ class GPWorldModel(TensorDictModuleBase):
         tensordict.set(self.out_keys[0], mean)
         tensordict.set(self.out_keys[1], var)
         return tensordict
+
+
+def _fit_one_gp(inputs: Tensor, target: Tensor, init: tuple, target_var: Tensor, floor: float,
+                max_iter: int) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Marginal-likelihood fit of one SE-ARD GP (gpytorch model, botorch L-BFGS-B).
+
+    ``inputs (n, E)``, ``target (n,)``, ``init = (lengthscales (E,), signal var, noise var)``
+    -> fitted ``(lengthscales (E,), signal var (), noise var (), mll per point)``.
+    """
+    import gpytorch
+    from botorch.fit import fit_gpytorch_mll
+
+    class _GP(gpytorch.models.ExactGP):
+        def __init__(self, likelihood):
+            super().__init__(inputs, target, likelihood)
+            self.mean_module = gpytorch.means.ZeroMean()
+            # a (near-)linear target pushes alpha^2 and the length-scales to infinity
+            # (an ill-conditioned Gram matrix): alpha^2 <= 1e3 var(Delta_a)
+            self.covar_module = gpytorch.kernels.ScaleKernel(
+                gpytorch.kernels.RBFKernel(ard_num_dims=inputs.shape[-1]),
+                outputscale_constraint=gpytorch.constraints.Interval(
+                    1e-12, 1e3 * float(target_var)))
+
+        def transform_inputs(self, X, input_transform=None):  # botorch's closure calls it
+            return X
+
+        def forward(self, z):
+            return gpytorch.distributions.MultivariateNormal(
+                self.mean_module(z), self.covar_module(z))
+
+    likelihood = gpytorch.likelihoods.GaussianLikelihood(
+        noise_constraint=gpytorch.constraints.GreaterThan(floor))
+    model = _GP(likelihood).to(inputs)
+    ls, sv, nv = init
+    model.covar_module.base_kernel.lengthscale = ls[None, :]
+    model.covar_module.outputscale = torch.minimum(sv, 5e2 * target_var)
+    likelihood.noise = torch.clamp_min(nv, 2 * floor)[None]
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
+    model.train()
+    fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": max_iter}})
+    mll.train()  # botorch leaves the model in eval mode: score the marginal likelihood
+    with torch.no_grad():
+        value = mll(model(inputs), target).item()
+    return (model.covar_module.base_kernel.lengthscale.detach().reshape(-1),
+            model.covar_module.outputscale.detach().reshape(()),
+            likelihood.noise.detach().reshape(()), value)
