@@ -21,6 +21,10 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
         "reverie.algorithms.pilco",
         "PILCO: GP dynamics + moment matching + analytic policy gradients (RBF controller)",
     ),
+    "dreamer": (
+        "reverie.algorithms.dreamer",
+        "Dreamer v1: RSSM world model, actor and value learned in latent imagination",
+    ),
     "pets": (
         "reverie.algorithms.pets",
         "PETS: probabilistic ensemble + trajectory sampling + MPC (CEM/MPPI/iCEM)",

@@ -2,6 +2,7 @@
 
 from reverie.envs import cartpole_swingup, toy  # noqa: F401  (register reverie/* Gymnasium ids)
 from reverie.envs.cartpole_swingup import CartPoleSwingUp
+from reverie.envs.dreamer_env import DreamerDecoder, DreamerEnv
 from reverie.envs.imagined import ImaginedEnv
 from reverie.envs.known_models import (
     KNOWN_REWARDS,
@@ -17,6 +18,8 @@ from reverie.envs.toy import PointMass1D
 from reverie.envs.world_model_env import WorldModelEnv
 
 __all__ = [
+    "DreamerDecoder",
+    "DreamerEnv",
     "CartPoleSwingUp",
     "ImaginedEnv",
     "KNOWN_REWARDS",

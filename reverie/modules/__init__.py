@@ -1,12 +1,20 @@
 """Prediction modules: world models and their components."""
 
+from reverie.modules.dreamer_nets import DreamerActor, ObsDecoder, ObsEncoder
 from reverie.modules.ensemble import EnsembleDynamics, EnsembleLinear, GaussianEnsemble
 from reverie.modules.gp_world_model import GPWorldModel
 from reverie.modules.mlp import mlp
 from reverie.modules.rbf_controller import RBFController
+from reverie.modules.rssm import RSSMPosterior, RSSMPrior, RSSMRollout
 from reverie.modules.world_model import WorldModel, WorldModelStep
 
 __all__ = [
+    "DreamerActor",
+    "ObsDecoder",
+    "ObsEncoder",
+    "RSSMPosterior",
+    "RSSMPrior",
+    "RSSMRollout",
     "EnsembleDynamics",
     "EnsembleLinear",
     "GPWorldModel",

@@ -1,11 +1,25 @@
 """Losses: thin ``LossModule``s over pure functions."""
 
+from reverie.objectives.dreamer_loss import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
+from reverie.objectives.dreamer_math import (
+    discount_weights,
+    gaussian_kl,
+    kl_free_nats,
+    lambda_returns,
+)
 from reverie.objectives.ensemble_fit import fit_ensemble, member_mse
 from reverie.objectives.ensemble_loss import EnsembleNLLLoss, gaussian_nll
 from reverie.objectives.saturating_cost import ExpectedCostReward, ExponentialQuadraticCost
 from reverie.objectives.world_model_loss import WorldModelLoss, distance
 
 __all__ = [
+    "DreamerActorLoss",
+    "DreamerModelLoss",
+    "DreamerValueLoss",
+    "discount_weights",
+    "gaussian_kl",
+    "kl_free_nats",
+    "lambda_returns",
     "ExpectedCostReward",
     "ExponentialQuadraticCost",
     "EnsembleNLLLoss",

@@ -1,0 +1,383 @@
+"""Recipe ``dreamer``: Dreamer v1 (Hafner et al., 2019, https://arxiv.org/abs/1912.01603).
+
+Reads top to bottom: config -> env -> world model -> losses -> loop.
+
+1. Collect ``seed_episodes`` episodes with uniform random actions.
+2. Loop: act for one episode with the actor (posterior filtering of the RSSM on the real
+   observations, Gaussian exploration noise), add it to a replay buffer of trajectories,
+   then do ``train_ratio * steps`` updates, each on ``batch_size`` slices of
+   ``batch_length`` steps (TorchRL's ``SliceSampler``: slices never cross episodes):
+   world model (:class:`~reverie.objectives.DreamerModelLoss`), then actor and value on
+   trajectories imagined from every posterior latent (:class:`~reverie.objectives.DreamerActorLoss`,
+   :class:`~reverie.objectives.DreamerValueLoss`).
+3. Evaluate every ``eval_every`` env steps and at the end (mean action, no noise); draw
+   imagined vs real observations (decoded frames for pixel runs).
+
+Observations: ``pixels=False`` uses the state vector (MLP encoder/decoder); ``pixels=True``
+renders 64x64 frames (the paper's conv encoder/decoder). ``env_steps`` counts real env
+steps (with ``action_repeat``). Presets: the defaults are the paper's sizes except the
+``cpu`` preset (16 sequences, 100-unit networks, 0.5 updates per agent step: about 0.9 s
+per update on one core, vs 8 s at the paper's sizes); ``debug`` is a 30-second smoke run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
+from torch import nn
+from torchrl.data import LazyTensorStorage, ReplayBuffer
+from torchrl.data.replay_buffers import SliceSampler
+from torchrl.envs import (
+    Compose,
+    DoubleToFloat,
+    FrameSkipTransform,
+    GymEnv,
+    Resize,
+    ToTensorImage,
+    TransformedEnv,
+)
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules import ProbabilisticActor, TanhNormal
+
+from reverie.envs import DreamerEnv
+from reverie.modules import (
+    DreamerActor,
+    ObsDecoder,
+    ObsEncoder,
+    RSSMPosterior,
+    RSSMPrior,
+    RSSMRollout,
+    mlp,
+)
+from reverie.objectives import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
+from reverie.runs import Run, RunConfig, cfg, load_checkpoint
+
+NAME = "dreamer"
+
+
+@dataclass
+class Config(RunConfig):
+    """Dreamer v1: RSSM world model, actor and value learned in latent imagination."""
+
+    env_steps: int = cfg(20_000, "Real environment steps in total (action repeats included).")
+    pixels: bool = cfg(False, "Learn from 64x64 rendered frames instead of the state vector.")
+    action_repeat: int = cfg(2, "Env steps per agent action (rewards summed).")
+    max_episode_steps: int = cfg(200, "Env steps per episode.")
+    seed_episodes: int = cfg(5, "Episodes of uniform random actions collected first.")
+    train_ratio: float = cfg(0.2, "Gradient updates per agent step collected.")
+    batch_size: int = cfg(50, "Sequences per update.")
+    batch_length: int = cfg(50, "Steps per sequence.")
+    state_dim: int = cfg(30, "Stochastic state size.")
+    belief_dim: int = cfg(200, "Deterministic belief (GRU) size.")
+    hidden: int = cfg(200, "Hidden units of the RSSM, MLP encoder/decoder and heads.")
+    actor_hidden: int = cfg(400, "Hidden units of the actor and value MLPs.")
+    imagination_horizon: int = cfg(15, "Imagined steps per actor/value update.")
+    gamma: float = cfg(0.99, "Discount.")
+    lmbda: float = cfg(0.95, "Lambda of the lambda-returns.")
+    free_nats: float = cfg(3.0, "KL free nats.")
+    model_lr: float = cfg(6e-4, "World-model Adam learning rate.")
+    actor_lr: float = cfg(8e-5, "Actor Adam learning rate.")
+    value_lr: float = cfg(8e-5, "Value Adam learning rate.")
+    grad_clip: float = cfg(100.0, "Gradient-norm clip of every optimiser.")
+    exploration_noise: float = cfg(0.3, "Std of Gaussian action noise while collecting (fraction of the action range).")
+    eval_every: int = cfg(2000, "Evaluate every this many env steps.")
+    eval_episodes: int = cfg(5, "Episodes per evaluation.")
+    buffer_size: int = cfg(1_000_000, "Replay capacity (agent steps).")
+    checkpoint_every: int = cfg(2000, "Checkpoint every this many env steps.")
+
+    PRESETS: ClassVar[dict[str, dict[str, object]]] = {
+        "debug": {"env_steps": 800, "seed_episodes": 2, "max_episode_steps": 100, "batch_size": 4,
+                  "batch_length": 10, "hidden": 32, "actor_hidden": 32, "belief_dim": 32,
+                  "state_dim": 8, "imagination_horizon": 5, "eval_every": 400,
+                  "eval_episodes": 1, "train_ratio": 0.1},
+        "cpu": {"batch_size": 16, "hidden": 100, "belief_dim": 100, "actor_hidden": 100,
+                "train_ratio": 0.5},
+        "pixels": {"pixels": True, "env_steps": 6000, "max_episode_steps": 200,
+                   "eval_every": 2000, "eval_episodes": 2, "batch_size": 16},
+    }
+
+
+# ----------------------------------------------------------------------------- env
+def make_env(config: Config):
+    """The task with action repeat; float observations, and 64x64 frames if ``pixels``."""
+    env = GymEnv(config.env, from_pixels=config.pixels, pixels_only=False)
+    transforms = [FrameSkipTransform(config.action_repeat)]
+    if any(s.dtype == torch.float64 for s in env.observation_spec.values(True, True)):
+        transforms.append(DoubleToFloat())
+    if config.pixels:
+        transforms += [ToTensorImage(in_keys=["pixels"]), Resize(64, 64, in_keys=["pixels"])]
+    return TransformedEnv(env, Compose(*transforms))
+
+
+# ----------------------------------------------------------------------------- model
+def make_models(config: Config, env) -> dict[str, TensorDictModuleBase]:
+    """World model (encoder, RSSM, decoder, reward), imagination env, actor and value."""
+    obs_key = "pixels" if config.pixels else "observation"
+    S, R, H = config.state_dim, config.belief_dim, config.hidden
+    action_spec = env.action_spec
+    if config.pixels:
+        encoder, embed = ObsEncoder(in_channels=3), 1024
+        decoder = ObsDecoder(latent_dim=S + R)
+    else:
+        obs_dim = env.observation_spec["observation"].shape[-1]
+        encoder, embed = mlp(obs_dim, H, H, depth=2, activation=nn.ELU), H
+        decoder = _LatentMLP(mlp(S + R, obs_dim, H, depth=2, activation=nn.ELU))
+    nxt = lambda *keys: [("next", k) for k in keys]  # noqa: E731
+    prior = RSSMPrior(action_spec, hidden_dim=H, rnn_hidden_dim=R, state_dim=S)
+    posterior = RSSMPosterior(hidden_dim=H, state_dim=S, rnn_hidden_dim=R, obs_embed_dim=embed)
+    reward = _LatentMLP(mlp(S + R, 1, H, depth=2, activation=nn.ELU))
+    rssm = RSSMRollout(
+        TensorDictModule(prior, ["state", "belief", "action"],
+                         nxt("prior_mean", "prior_std", "_", "belief")),
+        TensorDictModule(posterior, nxt("belief", "embedding"),
+                         nxt("posterior_mean", "posterior_std", "state")))
+    world_model = TensorDictSequential(
+        TensorDictModule(encoder, nxt(obs_key), nxt("embedding")), rssm,
+        TensorDictModule(decoder, nxt("state", "belief"), nxt("reco_" + obs_key)),
+        TensorDictModule(reward, nxt("state", "belief"), nxt("reward")))
+    imagination = DreamerEnv(
+        TensorDictSequential(
+            TensorDictModule(prior, ["state", "belief", "action"],
+                             ["prior_mean", "prior_std", "state", "belief"]),
+            TensorDictModule(reward, ["state", "belief"], ["reward"])),
+        (S,), (R,), obs_decoder=TensorDictModule(decoder, ["state", "belief"], ["reco_" + obs_key]),
+        action_spec=action_spec)
+    actor = ProbabilisticActor(
+        TensorDictModule(DreamerActor(action_spec.shape[-1], num_cells=config.actor_hidden,
+                                      in_features=S + R), ["state", "belief"], ["loc", "scale"]),
+        in_keys=["loc", "scale"], out_keys=["action"], distribution_class=TanhNormal,
+        distribution_kwargs={"low": action_spec.space.low, "high": action_spec.space.high,
+                             "tanh_loc": True, "upscale": 5.0},
+        spec=action_spec, default_interaction_type=ExplorationType.DETERMINISTIC)
+    value = TensorDictModule(_LatentMLP(mlp(S + R, 1, config.actor_hidden, depth=3, activation=nn.ELU)),
+                             ["state", "belief"], ["state_value"])
+    return {"world_model": world_model, "imagination": imagination, "actor": actor,
+            "value": value, "encoder": encoder, "prior": prior, "posterior": posterior,
+            "decoder": decoder}
+
+
+class _LatentMLP(nn.Module):
+    """An MLP on the concatenated latent ``[state, belief]``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, state: torch.Tensor, belief: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([state, belief], -1))
+
+
+class LatentPolicy(TensorDictModuleBase):
+    """The actor on a real env: filters ``(state, belief)`` with the RSSM at every step.
+
+    ``h_t = prior(s_{t-1}, h_{t-1}, a_{t-1})``, ``s_t ~ posterior(h_t, encoder(o_t))``,
+    ``a_t = actor(s_t, h_t)`` (its mode, plus ``noise`` x half the action range when
+    exploring). Call :meth:`reset` before each episode.
+    """
+
+    def __init__(self, models: dict, obs_key: str, noise: float) -> None:
+        super().__init__()
+        self.models, self.obs_key, self.noise = models, obs_key, noise
+        self.in_keys, self.out_keys = [obs_key], ["action"]
+        self.latent = None
+
+    def reset(self) -> None:
+        self.latent = None
+
+    @torch.no_grad()
+    def forward(self, td):
+        m = self.models
+        prior, action_spec = m["prior"], m["imagination"].action_spec
+        obs = td.get(self.obs_key)
+        if self.latent is None:
+            self.latent = (obs.new_zeros(prior.state_dim), obs.new_zeros(prior.rnn_hidden_dim),
+                           obs.new_zeros(prior.action_dim))
+        state, belief, action = self.latent
+        _, _, _, belief = prior(state, belief, action)
+        _, _, state = m["posterior"](belief, m["encoder"](obs))
+        out = m["actor"](TensorDict({"state": state, "belief": belief}, []))
+        action = out["action"]
+        if self.noise > 0:
+            half = (action_spec.space.high - action_spec.space.low) / 2
+            action = action_spec.project(action + self.noise * half * torch.randn_like(action))
+        self.latent = (state, belief, action)
+        td.set("action", action)
+        return td
+
+
+# ----------------------------------------------------------------------------- recipe
+def train(config: Config) -> dict:
+    """Run Dreamer; returns the final metrics (also written to ``summary.json``)."""
+    run = Run(NAME, config)
+    config = run.config
+    env = make_env(config)
+    obs_key = "pixels" if config.pixels else "observation"
+    models = make_models(config, env)
+    world_model, imagination = models["world_model"], models["imagination"]
+    actor, value = models["actor"], models["value"]
+    model_loss = DreamerModelLoss(world_model, free_nats=config.free_nats)
+    model_loss.set_keys(pixels=("next", obs_key), reco_pixels=("next", "reco_" + obs_key))
+    actor_loss = DreamerActorLoss(actor, value, imagination, gamma=config.gamma, lmbda=config.lmbda,
+                                  imagination_horizon=config.imagination_horizon)
+    value_loss = DreamerValueLoss(value, gamma=config.gamma)
+    optims = {"model": torch.optim.Adam(world_model.parameters(), lr=config.model_lr),
+              "actor": torch.optim.Adam(actor.parameters(), lr=config.actor_lr),
+              "value": torch.optim.Adam(value.parameters(), lr=config.value_lr)}
+    buffer = ReplayBuffer(
+        storage=LazyTensorStorage(config.buffer_size),
+        sampler=SliceSampler(slice_len=config.batch_length, traj_key="episode", strict_length=True),
+        batch_size=config.batch_size * config.batch_length)
+    steps_per_episode = config.max_episode_steps // config.action_repeat
+
+    step, episode, updates = 0, 0, 0
+    state = run.load()
+    if state is not None:
+        for name in ("world_model", "actor", "value"):
+            models[name].load_state_dict(state[name])
+        for name, optim in optims.items():
+            optim.load_state_dict(state["optim_" + name])
+        buffer.load_state_dict(state["buffer"])
+        step, episode, updates = state["step"], state["episode"], state["updates"]
+
+    def save() -> None:
+        run.save({"step": step, "episode": episode, "updates": updates, "buffer": buffer.state_dict(),
+                  **{n: models[n].state_dict() for n in ("world_model", "actor", "value")},
+                  **{"optim_" + n: o.state_dict() for n, o in optims.items()}})
+
+    def update() -> dict:
+        batch = buffer.sample().reshape(config.batch_size, config.batch_length)
+        metrics = {}
+        losses, latent = model_loss(batch)
+        step_optim("model", losses["loss_model_kl"] + losses["loss_model_reco"]
+                   + losses["loss_model_reward"], world_model)
+        losses_a, fake = actor_loss(latent.get("next"))
+        step_optim("actor", losses_a["loss_actor"], actor)
+        losses_v, _ = value_loss(fake)
+        step_optim("value", losses_v["loss_value"], value)
+        for td in (losses, losses_a, losses_v):
+            metrics.update({f"train/{k}": v.item() for k, v in td.items()})
+        return metrics
+
+    def step_optim(name, loss, module) -> None:
+        optims[name].zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+        optims[name].step()
+
+    policy = LatentPolicy(models, obs_key, config.exploration_noise)
+    bar = run.progress(config.env_steps, "env steps")
+    last_eval = step // config.eval_every
+    while step < config.env_steps:
+        env.set_seed(config.seed * 100_000 + episode)
+        policy.reset()
+        random = episode < config.seed_episodes
+        with set_exploration_type(ExplorationType.RANDOM):
+            data = env.rollout(steps_per_episode, None if random else policy,
+                               break_when_any_done=False)
+        data = data.exclude("loc", "scale")
+        data.set("episode", torch.full(data.shape, episode))
+        buffer.extend(data)
+        episode += 1
+        step += data.numel() * config.action_repeat
+        bar.update(data.numel() * config.action_repeat)
+        metrics = {"train/episode_return": data["next", "reward"].sum().item()}
+        if episode >= config.seed_episodes:
+            n_updates = max(1, round(config.train_ratio * data.numel()))
+            for _ in range(n_updates):
+                metrics.update(update())
+            updates += n_updates
+            metrics["train/updates"] = updates
+        if step // config.eval_every > last_eval:
+            last_eval = step // config.eval_every
+            metrics["eval/return"] = sum(evaluate_policy(models, env, config)) / config.eval_episodes
+        run.log(metrics, step)
+        run.progress_postfix(run.latest)
+        if run.checkpoint_due(step) or step >= config.env_steps:
+            save()
+    bar.close()
+
+    returns = evaluate_policy(models, env, config, episodes=max(config.eval_episodes, 5))
+    eval_return = sum(returns) / len(returns)
+    run.log({"eval/final_return": eval_return}, step)
+    plot_imagination(models, env, config, run.path("imagined_vs_real.png"))
+    return run.finish({"env_steps": step, "eval/return": eval_return, "eval/returns": returns,
+                       "updates": updates})
+
+
+@torch.no_grad()
+def evaluate_policy(models, env, config: Config, episodes: int | None = None) -> list[float]:
+    """Returns of evaluation episodes (the actor's mode, no noise), fixed start states."""
+    policy = LatentPolicy(models, "pixels" if config.pixels else "observation", 0.0)
+    returns = []
+    for i in range(episodes or config.eval_episodes):
+        env.set_seed(10_000 + 1000 * config.seed + i)
+        policy.reset()
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            rollout = env.rollout(config.max_episode_steps // config.action_repeat, policy)
+        returns.append(rollout["next", "reward"].sum().item())
+    return returns
+
+
+def evaluate(config: Config) -> dict:
+    """Evaluate the checkpoint in ``config.run_dir`` (used by ``reverie eval``)."""
+    state = load_checkpoint(f"{config.run_dir}/checkpoint.pt")
+    if state is None:
+        raise FileNotFoundError(f"No checkpoint.pt in {config.run_dir}.")
+    env = make_env(config)
+    models = make_models(config, env)
+    for name in ("world_model", "actor", "value"):
+        models[name].load_state_dict(state[name])
+    returns = evaluate_policy(models, env, config)
+    return {"eval/return": sum(returns) / len(returns), "eval/returns": returns,
+            "env_steps": state["step"]}
+
+
+@torch.no_grad()
+def plot_imagination(models, env, config: Config, path, context: int = 5, horizon: int = 30) -> None:
+    """Real vs imagined observations: filter ``context`` real steps, then imagine open loop
+    with the real actions and decode (frames for pixel runs, curves for state runs)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    obs_key = "pixels" if config.pixels else "observation"
+    env.set_seed(77_000 + config.seed)
+    policy = LatentPolicy(models, obs_key, config.exploration_noise)
+    with set_exploration_type(ExplorationType.RANDOM):
+        real = env.rollout(context + horizon, policy, break_when_any_done=False)
+    filtered = models["world_model"](real[:context].clone()).get("next")
+    state, belief = filtered["state"][-1], filtered["belief"][-1]
+    prior, decoder = models["prior"], models["decoder"]
+    imagined = []
+    for t in range(context, context + horizon):
+        _, _, state, belief = prior(state, belief, real["action"][t], noise=torch.zeros_like(state))
+        imagined.append(decoder(state, belief))
+    imagined = torch.stack(imagined)  # (horizon, *obs)
+    truth = real["next", obs_key][context:context + horizon]
+    if config.pixels:
+        cols = list(range(0, horizon, max(1, horizon // 10)))
+        fig, axes = plt.subplots(2, len(cols), figsize=(1.2 * len(cols), 2.8))
+        for j, t in enumerate(cols):
+            for i, img in enumerate((truth[t], imagined[t])):
+                axes[i, j].imshow(img.clamp(0, 1).permute(1, 2, 0).numpy())
+                axes[i, j].axis("off")
+            axes[0, j].set_title(f"t+{t + 1}", fontsize=7)
+        axes[0, 0].text(-10, 32, "real", rotation=90, va="center", fontsize=8)
+        axes[1, 0].text(-10, 32, "imagined", rotation=90, va="center", fontsize=8)
+    else:
+        dims = truth.shape[-1]
+        fig, axes = plt.subplots(dims, 1, figsize=(6, 1.8 * dims), sharex=True)
+        for d, ax in enumerate(axes if dims > 1 else [axes]):
+            ax.plot(truth[:, d].numpy(), label="real")
+            ax.plot(imagined[:, d].numpy(), "--", label="imagined (open loop)")
+            ax.set_ylabel(f"obs[{d}]")
+        axes[0].legend(fontsize=7)
+        axes[-1].set_xlabel(f"steps after {context} filtered steps")
+    fig.suptitle(f"Dreamer {config.env}: real vs imagined, seed {config.seed}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

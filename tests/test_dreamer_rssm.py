@@ -1,0 +1,174 @@
+"""RSSM: the three rollout modes, the latent carry, is_init resets, sizes, networks."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+
+from reverie.modules import (
+    DreamerActor,
+    ObsDecoder,
+    ObsEncoder,
+    RSSMPosterior,
+    RSSMPrior,
+    RSSMRollout,
+)
+
+S, R, H, E, A = 3, 6, 5, 4, 2  # state, belief (!= hidden), hidden, embedding, action
+
+
+def nxt(*keys):
+    return [("next", k) for k in keys]
+
+
+def make_rssm(**kwargs):
+    torch.manual_seed(0)
+    prior = TensorDictModule(RSSMPrior(action_dim=A, hidden_dim=H, rnn_hidden_dim=R, state_dim=S),
+                             ["state", "belief", "action"], nxt("prior_mean", "prior_std", "_", "belief"))
+    post = TensorDictModule(RSSMPosterior(hidden_dim=H, state_dim=S, rnn_hidden_dim=R, obs_embed_dim=E),
+                            nxt("belief", "embedding"), nxt("posterior_mean", "posterior_std", "state"))
+    return RSSMRollout(prior, post, **kwargs)
+
+
+def batch(B=3, T=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDict({"action": torch.randn(B, T, A, generator=g),
+                       ("next", "embedding"): torch.randn(B, T, E, generator=g)}, [B, T])
+
+
+OUT = [("next", k) for k in ("prior_mean", "prior_std", "posterior_mean", "posterior_std",
+                              "state", "belief")] + ["state", "belief"]
+
+
+def run_mode(rssm, td, seed=3):
+    for p in rssm.parameters():
+        p.grad = None
+    torch.manual_seed(seed)
+    out = rssm(td.clone())
+    loss = sum((out.get(k) * (i + 1)).sum() for i, k in enumerate(OUT[:6]))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in rssm.named_parameters()}
+    return {k: out.get(k).detach() for k in OUT}, grads
+
+
+@pytest.mark.parametrize("mode", [{"use_scan": True}, {"compile_step": True}])
+def test_modes_match_the_loop_in_values_and_gradients(mode):
+    td = batch()
+    td["is_init"] = torch.zeros(3, 6, 1, dtype=torch.bool)
+    td["is_init"][1, 2] = True
+    ref_out, ref_grads = run_mode(make_rssm(), td)
+    out, grads = run_mode(make_rssm(**mode), td)
+    for k in OUT:
+        torch.testing.assert_close(out[k], ref_out[k], rtol=1e-5, atol=1e-6, msg=str(k))
+    assert ref_grads.keys() == grads.keys()
+    for n in ref_grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+        assert ref_grads[n].abs().sum() > 0, n
+
+
+def test_latent_carries_from_step_to_step_and_matches_a_hand_loop():
+    rssm = make_rssm()
+    td = batch()
+    torch.manual_seed(5)
+    out = rssm(td.clone())
+    # the latent entering step t+1 is what step t produced
+    torch.testing.assert_close(out["state"][:, 1:], out["next", "state"][:, :-1], rtol=0, atol=0)
+    torch.testing.assert_close(out["belief"][:, 1:], out["next", "belief"][:, :-1], rtol=0, atol=0)
+    assert (out["state"][:, 0] == 0).all() and (out["belief"][:, 0] == 0).all()
+    # a hand-written filter with the same noise gives the same numbers
+    prior, post = rssm.rssm_prior.module, rssm.rssm_posterior.module
+    torch.manual_seed(5)
+    noise = torch.randn(6, 3, S)
+    s, h = torch.zeros(3, S), torch.zeros(3, R)
+    for t in range(6):
+        pm, ps, _, h = prior(s, h, td["action"][:, t])
+        qm, qs, s = post(h, td["next", "embedding"][:, t], noise=noise[t])
+        torch.testing.assert_close(out["next", "prior_mean"][:, t], pm)
+        torch.testing.assert_close(out["next", "belief"][:, t], h)
+        torch.testing.assert_close(out["next", "state"][:, t], s)
+        torch.testing.assert_close(out["next", "posterior_std"][:, t], qs)
+    # and an early observation changes later beliefs (the carry is not frozen)
+    changed = td.clone()
+    changed["next", "embedding"][:, 0] += 1.0
+    torch.manual_seed(5)
+    out2 = rssm(changed)
+    assert not torch.allclose(out2["next", "belief"][:, 4], out["next", "belief"][:, 4])
+
+
+def test_is_init_resets_the_latent_at_episode_starts():
+    rssm = make_rssm()
+    td = batch(T=6)
+    td["is_init"] = torch.zeros(3, 6, 1, dtype=torch.bool)
+    td["is_init"][:, 3] = True
+    out = rssm(td.clone())
+    fresh = rssm(td[:, 3:].exclude("is_init").clone())
+    # belief and prior at the episode start depend only on the zero latent and the action
+    torch.testing.assert_close(out["next", "belief"][:, 3], fresh["next", "belief"][:, 0])
+    torch.testing.assert_close(out["next", "prior_mean"][:, 3], fresh["next", "prior_mean"][:, 0])
+    assert (out["state"][:, 3] == 0).all() and (out["belief"][:, 3] == 0).all()
+    # without the reset the same step differs
+    plain = rssm(td.exclude("is_init").clone())
+    assert not torch.allclose(plain["next", "belief"][:, 3], out["next", "belief"][:, 3])
+
+
+def test_given_initial_latent_is_used():
+    rssm = make_rssm()
+    td = batch()
+    td["state"] = torch.ones(3, 6, S)
+    td["belief"] = torch.ones(3, 6, R)
+    out = rssm(td.clone())
+    prior = rssm.rssm_prior.module
+    _, _, _, h1 = prior(torch.ones(3, S), torch.ones(3, R), td["action"][:, 0])
+    torch.testing.assert_close(out["next", "belief"][:, 0], h1)
+
+
+def test_hidden_dim_different_from_rnn_hidden_dim():
+    prior = RSSMPrior(action_dim=1, hidden_dim=16, rnn_hidden_dim=40, state_dim=7)
+    mean, std, state, belief = prior(torch.zeros(2, 5, 7), torch.zeros(2, 5, 40), torch.zeros(2, 5, 1))
+    assert mean.shape == (2, 5, 7) and belief.shape == (2, 5, 40)
+    assert (std >= 0.1).all()
+    post = RSSMPosterior(hidden_dim=16, state_dim=7)  # lazy input size
+    assert post(belief, torch.zeros(2, 5, 9))[2].shape == (2, 5, 7)
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="action_spec or action_dim"):
+        RSSMPrior()
+    prior = RSSMPrior(action_dim=2, hidden_dim=4, rnn_hidden_dim=4, state_dim=2)
+    with pytest.raises(ValueError, match="action_dim=2"):
+        prior(torch.zeros(1, 2), torch.zeros(1, 4), torch.zeros(1, 3))
+    with pytest.raises(KeyError, match="embedding"):
+        make_rssm()(batch().exclude(("next", "embedding")))
+
+
+def test_spec_example_keys_run_as_written():
+    """Spec 004: prior/posterior with root keys, chained by RSSMRollout."""
+    from torchrl.data import Bounded
+    action_spec = Bounded(-1, 1, (2,))
+    rssm_prior = TensorDictModule(
+        RSSMPrior(action_spec=action_spec, hidden_dim=200, rnn_hidden_dim=200, state_dim=30),
+        in_keys=["state", "belief", "action"],
+        out_keys=["prior_mean", "prior_std", "state", "belief"],
+    )
+    rssm_posterior = TensorDictModule(
+        RSSMPosterior(hidden_dim=200, state_dim=30),
+        in_keys=["belief", "encoded_obs"],
+        out_keys=["posterior_mean", "posterior_std", "state"],
+    )
+    rssm_rollout = RSSMRollout(rssm_prior=rssm_prior, rssm_posterior=rssm_posterior)
+    td = TensorDict({"action": torch.rand(2, 4, 2), "encoded_obs": torch.randn(2, 4, 16)}, [2, 4])
+    out = rssm_rollout(td)
+    assert out["state"].shape == (2, 4, 30) and out["belief"].shape == (2, 4, 200)
+    assert out["posterior_mean"].shape == (2, 4, 30)
+
+
+def test_networks_shapes():
+    enc = ObsEncoder()
+    assert enc(torch.rand(2, 3, 3, 64, 64)).shape == (2, 3, 1024)
+    dec = ObsDecoder(latent_dim=30 + 200)
+    assert dec(torch.zeros(2, 3, 30), torch.zeros(2, 3, 200)).shape == (2, 3, 3, 64, 64)
+    with pytest.raises(ValueError, match="num_layers=4"):
+        ObsDecoder(num_layers=3)
+    loc, scale = DreamerActor(2, num_cells=8)(torch.zeros(4, 3), torch.zeros(4, 6))
+    assert loc.shape == scale.shape == (4, 2)
+    torch.testing.assert_close(scale, torch.full_like(scale, 5.0 + 1e-4), rtol=0.3, atol=0)
