@@ -45,3 +45,17 @@ def test_pilco_snippet_runs_and_prints_the_stated_shape():
     assert out.getvalue().strip() == "torch.Size([1, 20, 6, 6])"
     grads = [p.grad for p in namespace["controller"].parameters()]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_dreamer_snippet_runs_and_prints_the_stated_shape():
+    section = README.read_text().split("### Dreamer", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    out = io.StringIO()
+    namespace: dict = {}
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), namespace)
+    assert out.getvalue().strip() == "torch.Size([400, 15, 1])"
+    namespace["actor_td"]["loss_actor"].backward()
+    assert all(p.grad is not None for p in namespace["actor"].parameters())
+    assert all(p.grad is None for p in namespace["prior"].parameters())
+    assert torch.isfinite(namespace["value_td"]["loss_value"])

@@ -76,6 +76,8 @@ class Config(RunConfig):
     hidden: int = cfg(200, "Hidden units of the RSSM, MLP encoder/decoder and heads.")
     actor_hidden: int = cfg(400, "Hidden units of the actor and value MLPs.")
     imagination_horizon: int = cfg(15, "Imagined steps per actor/value update.")
+    reward_scale: float = cfg(1.0, "Factor on stored rewards (the model, actor and value see "
+                              "scaled rewards; logged returns stay in env units).")
     gamma: float = cfg(0.99, "Discount.")
     lmbda: float = cfg(0.95, "Lambda of the lambda-returns.")
     free_nats: float = cfg(3.0, "KL free nats.")
@@ -280,11 +282,13 @@ def train(config: Config) -> dict:
                                break_when_any_done=False)
         data = data.exclude("loc", "scale")
         data.set("episode", torch.full(data.shape, episode))
+        episode_return = data["next", "reward"].sum().item()
+        data["next", "reward"] = data["next", "reward"] * config.reward_scale
         buffer.extend(data)
         episode += 1
         step += data.numel() * config.action_repeat
         bar.update(data.numel() * config.action_repeat)
-        metrics = {"train/episode_return": data["next", "reward"].sum().item()}
+        metrics = {"train/episode_return": episode_return}
         if episode >= config.seed_episodes:
             n_updates = max(1, round(config.train_ratio * data.numel()))
             for _ in range(n_updates):
