@@ -36,7 +36,6 @@ from torchrl.envs import (
     DoubleToFloat,
     FrameSkipTransform,
     GymEnv,
-    Resize,
     ToTensorImage,
     TransformedEnv,
 )
@@ -44,6 +43,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ProbabilisticActor, TanhNormal
 
 from reverie.envs import DreamerEnv
+from reverie.envs.image import ResizeImage
 from reverie.modules import (
     DreamerActor,
     ObsDecoder,
@@ -98,8 +98,9 @@ class Config(RunConfig):
                   "eval_episodes": 1, "train_ratio": 0.1},
         "cpu": {"batch_size": 16, "hidden": 100, "belief_dim": 100, "actor_hidden": 100,
                 "train_ratio": 0.5},
-        "pixels": {"pixels": True, "env_steps": 6000, "max_episode_steps": 200,
-                   "eval_every": 2000, "eval_episodes": 2, "batch_size": 16},
+        "pixels": {"pixels": True, "env_steps": 6000, "eval_every": 2000, "eval_episodes": 2,
+                   "batch_size": 16, "hidden": 100, "belief_dim": 100, "actor_hidden": 100,
+                   "train_ratio": 0.2, "buffer_size": 10_000},
     }
 
 
@@ -111,7 +112,7 @@ def make_env(config: Config):
     if any(s.dtype == torch.float64 for s in env.observation_spec.values(True, True)):
         transforms.append(DoubleToFloat())
     if config.pixels:
-        transforms += [ToTensorImage(in_keys=["pixels"]), Resize(64, 64, in_keys=["pixels"])]
+        transforms += [ToTensorImage(in_keys=["pixels"]), ResizeImage(64, 64)]
     return TransformedEnv(env, Compose(*transforms))
 
 
@@ -281,6 +282,8 @@ def train(config: Config) -> dict:
             data = env.rollout(steps_per_episode, None if random else policy,
                                break_when_any_done=False)
         data = data.exclude("loc", "scale")
+        if episode == 0:
+            check_buffer_memory(data[0], config.buffer_size)
         data.set("episode", torch.full(data.shape, episode))
         episode_return = data["next", "reward"].sum().item()
         data["next", "reward"] = data["next", "reward"] * config.reward_scale
@@ -310,6 +313,19 @@ def train(config: Config) -> dict:
     plot_imagination(models, env, config, run.path("imagined_vs_real.png"))
     return run.finish({"env_steps": step, "eval/return": eval_return, "eval/returns": returns,
                        "updates": updates})
+
+
+def check_buffer_memory(transition, capacity: int) -> None:
+    """Fail early when ``capacity`` transitions like this one would not fit in memory."""
+    import os
+
+    need = capacity * sum(v.numel() * v.element_size() for v in transition.values(True, True))
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > 0.5 * total:
+        raise ValueError(
+            f"dreamer: buffer_size={capacity} transitions of {need / capacity / 1e3:.0f} kB need "
+            f"{need / 1e9:.1f} GB, more than half of this machine's {total / 1e9:.0f} GB; lower "
+            "buffer_size (the `pixels` preset uses 10000).")
 
 
 @torch.no_grad()
