@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from reverie.algorithms import dreamer
@@ -62,3 +63,29 @@ def test_dreamer_debug_run_eval_and_resume(tmp_path):
     assert returns == sorted(set(returns)) and returns[-1] == 600  # no duplicated rows
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert state["episode"] == 6
+
+
+def test_buffer_that_cannot_fit_in_memory_is_refused_with_the_fix():
+    from tensordict import TensorDict
+
+    frame = TensorDict({"pixels": torch.zeros(3, 64, 64), ("next", "pixels"): torch.zeros(3, 64, 64)}, [])
+    dreamer.check_buffer_memory(frame, 10_000)  # 1 GB: fine
+    with pytest.raises(ValueError, match="lower buffer_size"):
+        dreamer.check_buffer_memory(frame, 1_000_000)  # 98 GB
+
+
+def test_resize_image_spec_and_values():
+    from tensordict import TensorDict
+
+    from reverie.envs.image import ResizeImage
+
+    # a constant image stays constant; a left/right split keeps its two halves' values
+    flat = torch.full((2, 3, 40, 40), 0.25)
+    torch.testing.assert_close(ResizeImage(8, 8)(TensorDict({"pixels": flat}, [2]))["pixels"],
+                               torch.full((2, 3, 8, 8), 0.25))
+    split = torch.cat([torch.zeros(1, 3, 40, 20), torch.ones(1, 3, 40, 20)], -1)
+    out = ResizeImage(8, 8)(TensorDict({"pixels": split}, [1]))["pixels"]
+    assert out.shape == (1, 3, 8, 8)
+    assert (out[..., :3] < 0.01).all() and (out[..., 5:] > 0.99).all()
+    with pytest.raises(ValueError, match="ToTensorImage"):
+        ResizeImage(4, 4)(TensorDict({"pixels": torch.zeros(1, 3, 8, 8, dtype=torch.uint8)}, [1]))

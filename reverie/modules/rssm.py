@@ -168,7 +168,10 @@ class RSSMRollout(TensorDictModuleBase):
     up front, ``[T, *B, S]``, then consumed step by step):
 
     * default: a Python loop over a tensor step function;
-    * ``use_scan=True``: ``torch._higher_order_ops.scan`` (works in eager and compiled);
+    * ``use_scan=True``: ``torch._higher_order_ops.scan``. It runs in eager mode (the
+      published one fails there) but is several times slower than the loop in eager mode
+      (scan's autograd retraces the step at each call); it is meant for ``torch.compile``
+      of a larger function;
     * ``compile_step=True``: the loop over a ``torch.compile``-d step function.
 
     Args:
@@ -298,11 +301,13 @@ class RSSMRollout(TensorDictModuleBase):
     def _loop(self, state, belief, xs, noise):
         step = self._step_fn()
         outs, entering = [[] for _ in range(6)], ([], [])
-        for t in range(noise.shape[0]):
-            action, embedding, reset = xs[0][t], xs[1][t], xs[2][t]
+        # unbind once: indexing x[t] per step would make backward write T full-size zero
+        # gradients (one per step) into each input
+        for action, embedding, reset, eps in zip(*(x.unbind(0) for x in xs), noise.unbind(0),
+                                                  strict=True):
             entering[0].append(torch.where(reset, torch.zeros_like(state), state))
             entering[1].append(torch.where(reset, torch.zeros_like(belief), belief))
-            res = step(state, belief, action, embedding, noise[t], reset)
+            res = step(state, belief, action, embedding, eps, reset)
             for store, value in zip(outs, res, strict=True):
                 store.append(value)
             state, belief = res[4], res[5]
