@@ -82,7 +82,7 @@ def test_lambda_returns_by_hand_with_termination():
         lambda_returns(r, v[:2], term, g, lam)
 
 
-def make_parts():
+def make_parts(return_log_prob=False):
     torch.manual_seed(0)
     prior = RSSMPrior(action_dim=A, hidden_dim=H, rnn_hidden_dim=R, state_dim=S)
     posterior = RSSMPosterior(hidden_dim=H, state_dim=S, rnn_hidden_dim=R, obs_embed_dim=OBS)
@@ -105,7 +105,8 @@ def make_parts():
     actor = ProbabilisticActor(
         TensorDictModule(DreamerActor(A, depth=2, num_cells=8), ["state", "belief"], ["loc", "scale"]),
         in_keys=["loc", "scale"], out_keys=["action"], distribution_class=TanhNormal,
-        distribution_kwargs={"tanh_loc": True}, spec=spec)
+        distribution_kwargs={"tanh_loc": True}, spec=spec, return_log_prob=return_log_prob,
+        log_prob_key="action_log_prob")
     value = TensorDictModule(OnLatent(1), ["state", "belief"], ["state_value"])
     world_params = [*prior.parameters(), *posterior.parameters(), *reward.parameters(), *decoder.parameters()]
     return world_model, env, actor, value, world_params
@@ -202,3 +203,23 @@ def test_dreamer_env_rollout_specs_and_decoder():
     tenv = TransformedEnv(env, DreamerDecoder())
     assert tenv.observation_spec["reco_pixels"].shape == (3, 64, 64)
     assert tenv.rollout(2)["next", "reco_pixels"].shape == (2, 3, 64, 64)
+
+
+def test_entropy_bonus_uses_the_log_prob_of_the_imagined_actions():
+    world_model, env, actor, value, _ = make_parts(return_log_prob=True)
+    _, latent = model_loss(world_model)(real_batch())
+    torch.manual_seed(0)
+    plain_td, fake = DreamerActorLoss(actor, value, env, imagination_horizon=3)(latent.get("next"))
+    torch.manual_seed(0)
+    bonus_td, fake2 = DreamerActorLoss(actor, value, env, imagination_horizon=3,
+                                       entropy_weight=0.5)(latent.get("next"))
+    entropy = -fake2["action_log_prob"].reshape(20, 3, 1)
+    w = discount_weights(fake2["next", "terminated"], 0.99)
+    torch.testing.assert_close(bonus_td["loss_actor"],
+                               -(w * (fake2["lambda_target"] + 0.5 * entropy)).mean())
+    torch.testing.assert_close(bonus_td["entropy"], entropy.mean())
+    bonus_td["loss_actor"].backward()
+    assert all(p.grad is not None for p in actor.parameters())
+    with pytest.raises(KeyError, match="return_log_prob=True"):
+        actor_without = make_parts()[2]
+        DreamerActorLoss(actor_without, value, env, entropy_weight=0.1)(latent.get("next"))

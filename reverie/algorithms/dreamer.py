@@ -81,6 +81,8 @@ class Config(RunConfig):
     gamma: float = cfg(0.99, "Discount.")
     lmbda: float = cfg(0.95, "Lambda of the lambda-returns.")
     free_nats: float = cfg(3.0, "KL free nats.")
+    entropy_weight: float = cfg(0.0, "Weight of the actor's entropy bonus (0: Dreamer v1); keeps "
+                                "the tanh-Gaussian actor out of saturation.")
     model_lr: float = cfg(6e-4, "World-model Adam learning rate.")
     actor_lr: float = cfg(8e-5, "Actor Adam learning rate.")
     value_lr: float = cfg(8e-5, "Value Adam learning rate.")
@@ -155,7 +157,8 @@ def make_models(config: Config, env) -> dict[str, TensorDictModuleBase]:
         in_keys=["loc", "scale"], out_keys=["action"], distribution_class=TanhNormal,
         distribution_kwargs={"low": action_spec.space.low, "high": action_spec.space.high,
                              "tanh_loc": True, "upscale": 5.0},
-        spec=action_spec, default_interaction_type=ExplorationType.DETERMINISTIC)
+        spec=action_spec, default_interaction_type=ExplorationType.DETERMINISTIC,
+        return_log_prob=config.entropy_weight > 0, log_prob_key="action_log_prob")
     value = TensorDictModule(_LatentMLP(mlp(S + R, 1, config.actor_hidden, depth=3, activation=nn.ELU)),
                              ["state", "belief"], ["state_value"])
     return {"world_model": world_model, "imagination": imagination, "actor": actor,
@@ -225,7 +228,8 @@ def train(config: Config) -> dict:
     model_loss = DreamerModelLoss(world_model, free_nats=config.free_nats)
     model_loss.set_keys(pixels=("next", obs_key), reco_pixels=("next", "reco_" + obs_key))
     actor_loss = DreamerActorLoss(actor, value, imagination, gamma=config.gamma, lmbda=config.lmbda,
-                                  imagination_horizon=config.imagination_horizon)
+                                  imagination_horizon=config.imagination_horizon,
+                                  entropy_weight=config.entropy_weight)
     value_loss = DreamerValueLoss(value, gamma=config.gamma)
     optims = {"model": torch.optim.Adam(world_model.parameters(), lr=config.model_lr),
               "actor": torch.optim.Adam(actor.parameters(), lr=config.actor_lr),
@@ -281,7 +285,7 @@ def train(config: Config) -> dict:
         with set_exploration_type(ExplorationType.RANDOM):
             data = env.rollout(steps_per_episode, None if random else policy,
                                break_when_any_done=False)
-        data = data.exclude("loc", "scale")
+        data = data.exclude("loc", "scale", "action_log_prob")
         if episode == 0:
             check_buffer_memory(data[0], config.buffer_size)
         data.set("episode", torch.full(data.shape, episode))

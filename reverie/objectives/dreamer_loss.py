@@ -181,8 +181,14 @@ class DreamerActorLoss(LossModule):
     it through to the actor. With ``v`` the value of each next latent::
 
         V^lambda = lambda_returns(r, v, terminated, gamma, lmbda)
-        loss_actor = -mean(w * V^lambda),  w = discount_weights(terminated, gamma) if
-                                             discount_loss else 1
+        loss_actor = -mean(w * (V^lambda + eta * H)),  w = discount_weights(terminated, gamma)
+                                                        if discount_loss else 1
+
+    where ``H = -log pi(a_t | s_t)`` is a one-sample entropy estimate of the imagined action
+    (read from ``action_log_prob``: build the actor with ``return_log_prob=True``) and ``eta
+    = entropy_weight`` (0, Dreamer v1, by default). A tanh-Gaussian actor whose mean runs into
+    the saturated region of the tanh loses its gradient and its spread; the entropy term
+    (``-log pi`` includes ``log(1 - tanh^2)``) pushes it back.
 
     Args:
         actor_model: a probabilistic actor reading ``state``/``belief`` and writing ``action``.
@@ -193,30 +199,35 @@ class DreamerActorLoss(LossModule):
         imagination_horizon: imagined steps ``H``.
         discount_loss: weight steps by ``w``.
         gamma, lmbda: discount and lambda of the returns (also via ``make_value_estimator``).
+        entropy_weight: ``eta``, the weight of the entropy bonus.
 
-    Returns (forward): ``(loss_td, fake_data)``: ``loss_actor`` and the detached imagined
+    Returns (forward): ``(loss_td, fake_data)``: ``loss_actor`` (and the detached
+    ``entropy`` estimate when ``entropy_weight > 0``) and the detached imagined
     rollout ``[N, H]`` with ``lambda_target`` (for :class:`DreamerValueLoss`).
     """
 
     @dataclass
     class _AcceptedKeys:
         """Keys: ``belief``, ``state``, ``reward``, ``value`` (``"state_value"``), ``done``
-        (``"terminated"``)."""
+        (``"terminated"``), ``log_prob`` (``"action_log_prob"``)."""
 
         belief: NestedKey = "belief"
         state: NestedKey = "state"
         reward: NestedKey = "reward"
         value: NestedKey = "state_value"
         done: NestedKey = "terminated"
+        log_prob: NestedKey = "action_log_prob"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
     default_value_estimator = ValueEstimators.TDLambda
 
     def __init__(self, actor_model, value_model, model_based_env, *, imagination_horizon: int = 15,
-                 discount_loss: bool = True, gamma: float = 0.99, lmbda: float = 0.95) -> None:
+                 discount_loss: bool = True, gamma: float = 0.99, lmbda: float = 0.95,
+                 entropy_weight: float = 0.0) -> None:
         super().__init__()
         self.actor_model, self.value_model = actor_model, value_model
+        self.entropy_weight = entropy_weight
         self.model_based_env = model_based_env
         self.imagination_horizon, self.discount_loss = imagination_horizon, discount_loss
         self.make_value_estimator(gamma=gamma, lmbda=lmbda)
@@ -251,11 +262,19 @@ class DreamerActorLoss(LossModule):
         returns = lambda_returns(reward, next_value, terminated, self.gamma, self.lmbda)  # (N, H, 1)
         weights = (discount_weights(terminated, self.gamma) if self.discount_loss
                    else torch.ones_like(returns))
-        loss = -(weights * returns).mean()
+        objective, entropy = returns, None
+        if self.entropy_weight > 0:
+            log_prob = _get(fake, keys.log_prob, who,
+                            " (build the actor with return_log_prob=True for entropy_weight > 0)")
+            entropy = -log_prob.reshape(returns.shape)  # (N, H, 1)
+            objective = returns + self.entropy_weight * entropy
+        out = {"loss_actor": -(weights * objective).mean()}
+        if entropy is not None:
+            out["entropy"] = entropy.mean().detach()
         fake = fake.detach()
         fake.set("lambda_target", returns.detach())
         fake.set("loss_weight", weights.detach())
-        return TensorDict({"loss_actor": loss}, []), fake
+        return TensorDict(out, []), fake
 
 
 class DreamerValueLoss(LossModule):
