@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_imagination.py
 	$(PY) benchmarks/bench_planner.py
 	$(PY) benchmarks/bench_pilco.py
+	$(PY) benchmarks/bench_dreamer.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
