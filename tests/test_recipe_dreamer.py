@@ -89,3 +89,33 @@ def test_resize_image_spec_and_values():
     assert (out[..., :3] < 0.01).all() and (out[..., 5:] > 0.99).all()
     with pytest.raises(ValueError, match="ToTensorImage"):
         ResizeImage(4, 4)(TensorDict({"pixels": torch.zeros(1, 3, 8, 8, dtype=torch.uint8)}, [1]))
+
+
+def test_dreamer_policy_filters_like_the_rssm_and_resets():
+    from tensordict import TensorDict
+
+    from reverie.modules import DreamerPolicy
+
+    config = dreamer.Config(hidden=16, belief_dim=16, state_dim=4, actor_hidden=16)
+    env = dreamer.make_env(config)
+    models = dreamer.make_models(config, env)
+    policy = DreamerPolicy(models["encoder"], models["prior"], models["posterior"], models["actor"],
+                           env.action_spec)
+    env.set_seed(0)
+    torch.manual_seed(0)
+    rollout = env.rollout(6, policy)
+    assert policy.latent is not None
+    # by hand, with the same noise: h_t from (s, h, a) of the previous step, s_t from o_t
+    prior, post, enc = models["prior"], models["posterior"], models["encoder"]
+    torch.manual_seed(0)
+    s, h, a = torch.zeros(4), torch.zeros(16), torch.zeros(1)
+    with torch.no_grad():
+        for t in range(6):
+            _, _, _, h = prior(s, h, a)
+            _, _, s = post(h, enc(rollout["observation"][t]))
+            a = models["actor"](TensorDict({"state": s, "belief": h}, []))["action"]
+            torch.testing.assert_close(a, rollout["action"][t])
+    policy.reset()
+    assert policy.latent is None
+    with pytest.raises(ValueError, match="context"):
+        dreamer.imagine_open_loop(models["world_model"], prior, models["decoder"], rollout, 6)

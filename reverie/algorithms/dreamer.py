@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from tensordict import TensorDict
 from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
 from torch import nn
 from torchrl.data import LazyTensorStorage, ReplayBuffer
@@ -42,10 +41,12 @@ from torchrl.envs import (
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ProbabilisticActor, TanhNormal
 
+from reverie.diagnostics import imagine_open_loop, plot_imagined_vs_real
 from reverie.envs import DreamerEnv
 from reverie.envs.image import ResizeImage
 from reverie.modules import (
     DreamerActor,
+    DreamerPolicy,
     ObsDecoder,
     ObsEncoder,
     RSSMPosterior,
@@ -177,42 +178,11 @@ class _LatentMLP(nn.Module):
         return self.net(torch.cat([state, belief], -1))
 
 
-class LatentPolicy(TensorDictModuleBase):
-    """The actor on a real env: filters ``(state, belief)`` with the RSSM at every step.
-
-    ``h_t = prior(s_{t-1}, h_{t-1}, a_{t-1})``, ``s_t ~ posterior(h_t, encoder(o_t))``,
-    ``a_t = actor(s_t, h_t)`` (its mode, plus ``noise`` x half the action range when
-    exploring). Call :meth:`reset` before each episode.
-    """
-
-    def __init__(self, models: dict, obs_key: str, noise: float) -> None:
-        super().__init__()
-        self.models, self.obs_key, self.noise = models, obs_key, noise
-        self.in_keys, self.out_keys = [obs_key], ["action"]
-        self.latent = None
-
-    def reset(self) -> None:
-        self.latent = None
-
-    @torch.no_grad()
-    def forward(self, td):
-        m = self.models
-        prior, action_spec = m["prior"], m["imagination"].action_spec
-        obs = td.get(self.obs_key)
-        if self.latent is None:
-            self.latent = (obs.new_zeros(prior.state_dim), obs.new_zeros(prior.rnn_hidden_dim),
-                           obs.new_zeros(prior.action_dim))
-        state, belief, action = self.latent
-        _, _, _, belief = prior(state, belief, action)
-        _, _, state = m["posterior"](belief, m["encoder"](obs))
-        out = m["actor"](TensorDict({"state": state, "belief": belief}, []))
-        action = out["action"]
-        if self.noise > 0:
-            half = (action_spec.space.high - action_spec.space.low) / 2
-            action = action_spec.project(action + self.noise * half * torch.randn_like(action))
-        self.latent = (state, belief, action)
-        td.set("action", action)
-        return td
+def make_policy(models: dict, config: Config, noise: float) -> DreamerPolicy:
+    """The actor on the real env, with RSSM filtering of its observations."""
+    return DreamerPolicy(models["encoder"], models["prior"], models["posterior"], models["actor"],
+                         models["imagination"].action_spec,
+                         "pixels" if config.pixels else "observation", noise)
 
 
 # ----------------------------------------------------------------------------- recipe
@@ -275,7 +245,7 @@ def train(config: Config) -> dict:
         nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
         optims[name].step()
 
-    policy = LatentPolicy(models, obs_key, config.exploration_noise)
+    policy = make_policy(models, config, config.exploration_noise)
     bar = run.progress(config.env_steps, "env steps")
     last_eval = step // config.eval_every
     while step < config.env_steps:
@@ -335,7 +305,7 @@ def check_buffer_memory(transition, capacity: int) -> None:
 @torch.no_grad()
 def evaluate_policy(models, env, config: Config, episodes: int | None = None) -> list[float]:
     """Returns of evaluation episodes (the actor's mode, no noise), fixed start states."""
-    policy = LatentPolicy(models, "pixels" if config.pixels else "observation", 0.0)
+    policy = make_policy(models, config, 0.0)
     returns = []
     for i in range(episodes or config.eval_episodes):
         env.set_seed(10_000 + 1000 * config.seed + i)
@@ -362,46 +332,14 @@ def evaluate(config: Config) -> dict:
 
 @torch.no_grad()
 def plot_imagination(models, env, config: Config, path, context: int = 5, horizon: int = 30) -> None:
-    """Real vs imagined observations: filter ``context`` real steps, then imagine open loop
-    with the real actions and decode (frames for pixel runs, curves for state runs)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Real vs imagined observations on a fresh episode: filter ``context`` steps, then
+    imagine ``horizon`` steps open loop with the real actions and decode them."""
     obs_key = "pixels" if config.pixels else "observation"
     env.set_seed(77_000 + config.seed)
-    policy = LatentPolicy(models, obs_key, config.exploration_noise)
+    policy = make_policy(models, config, config.exploration_noise)
     with set_exploration_type(ExplorationType.RANDOM):
         real = env.rollout(context + horizon, policy, break_when_any_done=False)
-    filtered = models["world_model"](real[:context].clone()).get("next")
-    state, belief = filtered["state"][-1], filtered["belief"][-1]
-    prior, decoder = models["prior"], models["decoder"]
-    imagined = []
-    for t in range(context, context + horizon):
-        _, _, state, belief = prior(state, belief, real["action"][t], noise=torch.zeros_like(state))
-        imagined.append(decoder(state, belief))
-    imagined = torch.stack(imagined)  # (horizon, *obs)
-    truth = real["next", obs_key][context:context + horizon]
-    if config.pixels:
-        cols = list(range(0, horizon, max(1, horizon // 10)))
-        fig, axes = plt.subplots(2, len(cols), figsize=(1.2 * len(cols), 2.8))
-        for j, t in enumerate(cols):
-            for i, img in enumerate((truth[t], imagined[t])):
-                axes[i, j].imshow(img.clamp(0, 1).permute(1, 2, 0).numpy())
-                axes[i, j].axis("off")
-            axes[0, j].set_title(f"t+{t + 1}", fontsize=7)
-        axes[0, 0].text(-10, 32, "real", rotation=90, va="center", fontsize=8)
-        axes[1, 0].text(-10, 32, "imagined", rotation=90, va="center", fontsize=8)
-    else:
-        dims = truth.shape[-1]
-        fig, axes = plt.subplots(dims, 1, figsize=(6, 1.8 * dims), sharex=True)
-        for d, ax in enumerate(axes if dims > 1 else [axes]):
-            ax.plot(truth[:, d].numpy(), label="real")
-            ax.plot(imagined[:, d].numpy(), "--", label="imagined (open loop)")
-            ax.set_ylabel(f"obs[{d}]")
-        axes[0].legend(fontsize=7)
-        axes[-1].set_xlabel(f"steps after {context} filtered steps")
-    fig.suptitle(f"Dreamer {config.env}: real vs imagined, seed {config.seed}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    truth, imagined = imagine_open_loop(models["world_model"], models["prior"], models["decoder"],
+                                        real, context, obs_key)
+    plot_imagined_vs_real(truth, imagined, path, context=context,
+                          title=f"Dreamer {config.env}: real vs imagined, seed {config.seed}")

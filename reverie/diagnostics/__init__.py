@@ -4,9 +4,12 @@ The usual entry point is :func:`run_diagnostics`, which writes ``open_loop.png``
 ``prediction_error.png``, ``prediction_error.csv`` and ``prediction_error.md`` into a
 folder and returns the errors dict. The pieces are available on their own:
 :func:`open_loop_predict`, :func:`prediction_errors`, :func:`write_error_table`,
-:func:`plot_open_loop` and :func:`plot_error_curve`.
+:func:`plot_open_loop` and :func:`plot_error_curve`. For RSSM (Dreamer) models,
+:func:`imagine_open_loop` and :func:`plot_imagined_vs_real` compare decoded imagination
+with real observations.
 """
 
+from reverie.diagnostics.latent_imagination import imagine_open_loop, plot_imagined_vs_real
 from reverie.diagnostics.open_loop import (
     OpenLoopResult,
     decoded_observation,
@@ -21,8 +24,10 @@ from reverie.diagnostics.open_loop import (
 __all__ = [
     "OpenLoopResult",
     "decoded_observation",
+    "imagine_open_loop",
     "open_loop_predict",
     "plot_error_curve",
+    "plot_imagined_vs_real",
     "plot_open_loop",
     "prediction_errors",
     "run_diagnostics",

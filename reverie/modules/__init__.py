@@ -1,6 +1,7 @@
 """Prediction modules: world models and their components."""
 
 from reverie.modules.dreamer_nets import DreamerActor, ObsDecoder, ObsEncoder
+from reverie.modules.dreamer_policy import DreamerPolicy
 from reverie.modules.ensemble import EnsembleDynamics, EnsembleLinear, GaussianEnsemble
 from reverie.modules.gp_world_model import GPWorldModel
 from reverie.modules.mlp import mlp
@@ -10,6 +11,7 @@ from reverie.modules.world_model import WorldModel, WorldModelStep
 
 __all__ = [
     "DreamerActor",
+    "DreamerPolicy",
     "ObsDecoder",
     "ObsEncoder",
     "RSSMPosterior",

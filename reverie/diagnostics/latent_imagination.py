@@ -1,0 +1,81 @@
+"""Imagined vs real observations for RSSM world models (Dreamer): open loop, decoded."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import Tensor, nn
+
+__all__ = ["imagine_open_loop", "plot_imagined_vs_real"]
+
+
+@torch.no_grad()
+def imagine_open_loop(world_model: TensorDictModuleBase, prior: nn.Module, decoder: nn.Module,
+                      real: TensorDictBase, context: int,
+                      obs_key: str = "observation") -> tuple[Tensor, Tensor]:
+    """Filter ``context`` real steps, then predict the rest of ``real`` open loop.
+
+    The world model (encoder + :class:`~reverie.modules.RSSMRollout`) filters
+    ``real[:context]``; from its last posterior latent the prior's mean is rolled forward
+    with the real actions ``real["action"][context:]`` and decoded.
+
+    Args:
+        world_model: writes ``("next", "state")``/``("next", "belief")`` for a ``[T]`` episode.
+        prior: the :class:`~reverie.modules.RSSMPrior`.
+        decoder: ``(state, belief) -> observation``.
+        real: one real episode ``[T]`` with ``action`` and ``("next", obs_key)``.
+        context: filtered steps (``0 < context < T``).
+        obs_key: the observation key.
+
+    Returns:
+        ``(truth, imagined)``, each ``(T - context, *obs)``.
+    """
+    T = real.shape[0]
+    if not 0 < context < T:
+        raise ValueError(f"imagine_open_loop: context={context} must be in (0, {T}).")
+    filtered = world_model(real[:context].clone()).get("next")
+    state, belief = filtered["state"][-1], filtered["belief"][-1]
+    imagined = []
+    for t in range(context, T):
+        _, _, state, belief = prior(state, belief, real["action"][t], noise=torch.zeros_like(state))
+        imagined.append(decoder(state, belief))
+    return real["next", obs_key][context:], torch.stack(imagined)
+
+
+def plot_imagined_vs_real(truth: Tensor, imagined: Tensor, path: str | os.PathLike, title: str,
+                          context: int = 0, columns: int = 10) -> None:
+    """Frames (``(T, C, H, W)``: a real row over an imagined row, ``columns`` of them) or
+    curves (``(T, D)``: one panel per dimension) of real vs imagined observations."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    horizon = truth.shape[0]
+    if truth.ndim == 4:
+        cols = list(range(0, horizon, max(1, horizon // columns)))
+        fig, axes = plt.subplots(2, len(cols), figsize=(1.2 * len(cols), 2.8), squeeze=False)
+        for j, t in enumerate(cols):
+            for i, img in enumerate((truth[t], imagined[t])):
+                axes[i, j].imshow(img.clamp(0, 1).permute(1, 2, 0).cpu().numpy())
+                axes[i, j].set_xticks([])
+                axes[i, j].set_yticks([])
+            axes[0, j].set_title(f"t+{t + 1}", fontsize=7)
+        axes[0, 0].set_ylabel("real", fontsize=8)
+        axes[1, 0].set_ylabel("imagined", fontsize=8)
+    else:
+        dims = truth.shape[-1]
+        fig, axes = plt.subplots(dims, 1, figsize=(6, 1.8 * dims), sharex=True, squeeze=False)
+        for d in range(dims):
+            ax = axes[d, 0]
+            ax.plot(truth[:, d].cpu().numpy(), label="real")
+            ax.plot(imagined[:, d].cpu().numpy(), "--", label="imagined (open loop)")
+            ax.set_ylabel(f"obs[{d}]")
+        axes[0, 0].legend(fontsize=7)
+        axes[-1, 0].set_xlabel(f"steps after {context} filtered steps")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
