@@ -223,3 +223,18 @@ def test_entropy_bonus_uses_the_log_prob_of_the_imagined_actions():
     with pytest.raises(KeyError, match="return_log_prob=True"):
         actor_without = make_parts()[2]
         DreamerActorLoss(actor_without, value, env, entropy_weight=0.1)(latent.get("next"))
+
+
+def test_dreamer_env_runs_in_a_torchrl_collector():
+    from torchrl.collectors import Collector
+
+    _, env, actor, _, _ = make_parts()
+    collector = Collector(env, actor, frames_per_batch=10, total_frames=20,
+                          auto_register_policy_transforms=False)
+    batches = list(collector)
+    collector.shutdown()
+    assert len(batches) == 2
+    batch = batches[0]
+    assert batch["next", "reward"].shape == (10, 1) and batch["next", "state"].shape == (10, S)
+    assert (batch["state"][0] == 0).all()  # collectors reset to the zero latent
+    torch.testing.assert_close(batch["state"][1:], batch["next", "state"][:-1])
