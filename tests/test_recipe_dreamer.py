@@ -119,3 +119,19 @@ def test_dreamer_policy_filters_like_the_rssm_and_resets():
     assert policy.latent is None
     with pytest.raises(ValueError, match="context"):
         dreamer.imagine_open_loop(models["world_model"], prior, models["decoder"], rollout, 6)
+
+
+def test_pixel_world_model_shapes_follow_cnn_channels():
+    """The pixel configuration: 64x64 frames, a ``32 * cnn_channels`` embedding, and a
+    decoder whose frames have the observation's shape."""
+    config = dreamer.Config(pixels=True, cnn_channels=8, hidden=16, belief_dim=16, state_dim=4,
+                            max_episode_steps=20)
+    env = dreamer.make_env(config)
+    env.set_seed(0)
+    data = env.rollout(4, break_when_any_done=False)
+    assert data["next", "pixels"].shape == (4, 3, 64, 64)
+    models = dreamer.make_models(config, env)
+    out = models["world_model"](data.unsqueeze(0))  # (1, 4): one sequence of 4 steps
+    assert out["next", "embedding"].shape == (1, 4, 32 * 8)
+    assert out["next", "reco_pixels"].shape == (1, 4, 3, 64, 64)
+    assert models["encoder"].encoder[0].out_channels == 8
