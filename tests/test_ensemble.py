@@ -1,5 +1,6 @@
 """Probabilistic ensemble dynamics: batched layers, propagation, soft bounds, NLL, fitting, imagination."""
 
+import functools
 import math
 
 import pytest
@@ -63,12 +64,15 @@ def test_ensemble_linear_equals_separate_linears():
     assert layer.weight.shape == (4, 7, 5) and layer.bias.shape == (4, 5)
     x = torch.randn(4, 33, 7)
     y = layer(x)
+    # batched and separate matmuls may sum in different orders (CPU kernels differ):
+    # equal up to float32 rounding
+    close = functools.partial(torch.testing.assert_close, rtol=1e-5, atol=1e-6)
     for m in range(4):
-        assert torch.equal(y[m], _linear_of(layer, m)(x[m]))
+        close(y[m], _linear_of(layer, m)(x[m]))
     # a subset of members, in any order
     sub = layer(x[:2], members=torch.tensor([3, 1]))
-    assert torch.equal(sub[0], _linear_of(layer, 3)(x[0]))
-    assert torch.equal(sub[1], _linear_of(layer, 1)(x[1]))
+    close(sub[0], _linear_of(layer, 3)(x[0]))
+    close(sub[1], _linear_of(layer, 1)(x[1]))
     with pytest.raises(ValueError, match=r"\(K=4, B, in=7\).*\(3, 33, 7\)"):
         layer(x[:3])
 
@@ -90,10 +94,10 @@ def test_forward_members_equals_loop_over_members():
     assert mean.shape == logvar.shape == (5, 11, 2)
     for m in range(5):
         ref_mean, ref_logvar = _member_mlp(ens, m)(x[m])
-        assert torch.equal(mean[m], ref_mean)  # the matmul chain is bit-identical
-        # softplus/exp take SIMD or scalar paths depending on the memory layout, and the
-        # lower bound adds ~10: equal up to float32 rounding at 10 (ulp ~1e-6)
-        torch.testing.assert_close(logvar[m], ref_logvar, rtol=0.0, atol=2e-6)
+        # batched and separate matmuls may sum in different orders (CPU kernels differ),
+        # and the log-variance bounds add ~10: equal up to float32 rounding
+        torch.testing.assert_close(mean[m], ref_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logvar[m], ref_logvar, rtol=1e-5, atol=1e-5)
 
 
 def test_input_normalisation_is_fitted_and_floored():
