@@ -132,6 +132,6 @@ def test_pixel_world_model_shapes_follow_cnn_channels():
     assert data["next", "pixels"].shape == (4, 3, 64, 64)
     models = dreamer.make_models(config, env)
     out = models["world_model"](data.unsqueeze(0))  # (1, 4): one sequence of 4 steps
-    assert out["next", "embedding"].shape == (1, 4, 32 * 8)
+    assert out["next", "embedding"].shape == (1, 4, 32 * 8) and models["encoder"].out_features == 32 * 8
     assert out["next", "reco_pixels"].shape == (1, 4, 3, 64, 64)
     assert models["encoder"].encoder[0].out_channels == 8

@@ -22,9 +22,10 @@ steps (with ``action_repeat``). Presets (the defaults are the paper's sizes):
   ``docs/results/dreamer/Pendulum-v1``: rewards scaled by 0.1, actor and value learning rates
   2e-4, and an entropy bonus of 0.3. In earlier runs without the bonus (or with 0.01), the
   tanh-Gaussian actor saturated into a bang-bang policy that spins the pendulum.
-- ``pixels``: 64x64 frames, 16 sequences, 100-unit networks, 16-filter convolutions, 4,000 env steps
-  and one update per agent step (about 2 s per update on one core): a short run that shows
-  the world model learning (``docs/results/dreamer/Pendulum-v1-pixels``).
+- ``pixels``: 64x64 frames, 16 sequences, 100-unit networks, 16-filter convolutions,
+  4,000 env steps and one update per agent step (about 2 s per update on one core): a short
+  run that shows the world model learning (``docs/results/dreamer/Pendulum-v1-pixels``, which
+  resumed it to 6,000 env steps).
 - ``debug``: a 30-second smoke run.
 """
 
@@ -137,7 +138,8 @@ def make_models(config: Config, env) -> dict[str, TensorDictModuleBase]:
     S, R, H = config.state_dim, config.belief_dim, config.hidden
     action_spec = env.action_spec
     if config.pixels:
-        encoder, embed = ObsEncoder(config.cnn_channels, in_channels=3), 32 * config.cnn_channels
+        encoder = ObsEncoder(config.cnn_channels, in_channels=3)
+        embed = encoder.out_features
         decoder = ObsDecoder(config.cnn_channels, latent_dim=S + R)
     else:
         obs_dim = env.observation_spec["observation"].shape[-1]

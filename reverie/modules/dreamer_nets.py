@@ -32,10 +32,15 @@ class ObsEncoder(nn.Module):
         num_layers: stride-2 convolutions (kernel 4).
         in_channels: image channels (``None``: inferred at the first call).
 
+    Attributes:
+        out_features: the embedding size for 64x64 frames.
+
     Examples:
         >>> import torch
         >>> ObsEncoder()(torch.rand(2, 5, 3, 64, 64)).shape
         torch.Size([2, 5, 1024])
+        >>> ObsEncoder(16).out_features
+        512
     """
 
     def __init__(self, channels: int = 32, num_layers: int = 4, in_channels: int | None = None) -> None:
@@ -50,6 +55,10 @@ class ObsEncoder(nn.Module):
                 conv = nn.Conv2d(channels * 2 ** (i - 1), out, 4, stride=2)
             layers += [conv, nn.ReLU()]
         self.encoder = nn.Sequential(*layers)
+        side = 64
+        for _ in range(num_layers):
+            side = (side - 4) // 2 + 1  # 64 -> 31 -> 14 -> 6 -> 2
+        self.out_features = channels * 2 ** (num_layers - 1) * side * side
 
     def forward(self, observation: Tensor) -> Tensor:
         x, lead = _flat_images(observation, "ObsEncoder")
