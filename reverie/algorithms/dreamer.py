@@ -28,7 +28,7 @@ steps (with ``action_repeat``). Presets (the defaults are the paper's sizes):
 - ``pixels``: 64x64 frames, 16 sequences, 100-unit networks, 16-filter convolutions,
   4,000 env steps and one update per agent step (about 2 s per update on one core): a short
   run that shows the world model learning (``docs/results/dreamer/Pendulum-v1-pixels``, which
-  resumed it to 6,000 env steps).
+  resumed it to 10,000 env steps).
 - ``debug``: a 30-second smoke run.
 """
 
