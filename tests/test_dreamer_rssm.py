@@ -51,7 +51,8 @@ def run_mode(rssm, td, seed=3):
     return {k: out.get(k).detach() for k in OUT}, grads
 
 
-@pytest.mark.parametrize("mode", [{"use_scan": True}, {"compile_step": True}])
+@pytest.mark.parametrize("mode", [{"use_scan": True}, {"compile_step": True},
+                                  {"use_scan": True, "compile_step": True}])
 def test_modes_match_the_loop_in_values_and_gradients(mode):
     td = batch()
     td["is_init"] = torch.zeros(3, 6, 1, dtype=torch.bool)
