@@ -174,10 +174,10 @@ class RSSMRollout(TensorDictModuleBase):
       ``torch.compile``;
     * ``compile_step=True``: the loop over a ``torch.compile``-d step function;
     * ``use_scan=True, compile_step=True``: the scan rollout compiled whole with Inductor
-      (on the first call; Inductor turns the scan into a ``while_loop``). With torch 2.13
-      it is about 1.9x the plain loop at the paper's sizes on a CPU, against about 7x for
-      the eager scan: scan's autograd stores a per-step copy of every weight matrix for
-      the backward (``docs/results/benchmarks/dreamer.md``).
+      (on the first call; Inductor turns the scan into a ``while_loop``), saving only the
+      carries and recomputing the step in the backward. With torch 2.13 it is about 1.6x
+      the plain loop at the paper's sizes on a CPU, against about 7x for the eager scan
+      (``docs/results/benchmarks/dreamer.md``).
 
     Args:
         rssm_prior: ``TensorDictModule`` wrapping :class:`RSSMPrior`.
@@ -322,12 +322,17 @@ class RSSMRollout(TensorDictModuleBase):
     def _scan(self, state, belief, xs, noise):
         if not self.compile_step:
             return self._scan_eager(state, belief, xs, noise)
+        import torch._dynamo.config
+        import torch._functorch.config
         if self._compiled_scan is None:
             self._compiled_scan = torch.compile(self._scan_eager, dynamic=False)
         # Inductor lowers scan to a while_loop whose body reads the loop index with .item()
         # (torch 2.13); without captured scalar outputs that lowering fails with
-        # DataDependentOutputException
-        with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        # DataDependentOutputException. An activation budget of 0 makes scan's autograd save
+        # only the carries and recompute the step in the backward; otherwise its partition
+        # saves a per-step copy of every (transposed) weight matrix.
+        with torch._dynamo.config.patch(capture_scalar_outputs=True), \
+                torch._functorch.config.patch(activation_memory_budget=0.0):
             return self._compiled_scan(state, belief, xs, noise)
 
     def _scan_eager(self, state, belief, xs, noise):
