@@ -173,3 +173,72 @@ def test_networks_shapes():
     loc, scale = DreamerActor(2, num_cells=8)(torch.zeros(4, 3), torch.zeros(4, 6))
     assert loc.shape == scale.shape == (4, 2)
     torch.testing.assert_close(scale, torch.full_like(scale, 5.0 + 1e-4), rtol=0.3, atol=0)
+
+
+class _PriorSubclass(RSSMPrior):
+    """Not RSSMPrior itself: use_scan falls back to torch's scan autograd."""
+
+
+@pytest.mark.parametrize("subclass", [False, True])
+def test_scan_gradients_reach_every_input_through_resets_and_two_batch_dims(subclass):
+    from reverie.modules.rssm_scan import supports_rssm_scan
+
+    def build(**kwargs):
+        torch.manual_seed(0)
+        cls = _PriorSubclass if subclass else RSSMPrior
+        prior = TensorDictModule(cls(action_dim=A, hidden_dim=H, rnn_hidden_dim=R, state_dim=S),
+                                 ["state", "belief", "action"],
+                                 nxt("prior_mean", "prior_std", "_", "belief"))
+        post = TensorDictModule(
+            RSSMPosterior(hidden_dim=H, state_dim=S, rnn_hidden_dim=R, obs_embed_dim=E),
+            nxt("belief", "embedding"), nxt("posterior_mean", "posterior_std", "state"))
+        return RSSMRollout(prior, post, **kwargs)
+
+    g = torch.Generator().manual_seed(2)
+    shape = (2, 3, 5)  # two batch dims, T = 5
+    leaves = {"action": torch.randn(*shape, A, generator=g),
+              ("next", "embedding"): torch.randn(*shape, E, generator=g),
+              "state": torch.randn(*shape, S, generator=g),  # the latent entering step 0
+              "belief": torch.randn(*shape, R, generator=g)}
+    is_init = torch.zeros(*shape, 1, dtype=torch.bool)
+    is_init[0, 1, 0] = is_init[1, 2, 3] = is_init[0, 0, 4] = True
+    weights = {k: torch.randn(*shape, d, generator=g) for k, d in zip(OUT, [S, S, S, S, S, R, S, R],
+                                                                      strict=True)}
+
+    def grads(rssm):
+        for p in rssm.parameters():
+            p.grad = None
+        inputs = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
+        td = TensorDict({**inputs, "is_init": is_init}, list(shape))
+        torch.manual_seed(3)
+        out = rssm(td)
+        loss = sum((out.get(k) * w).sum() for k, w in weights.items())  # every output, entering too
+        loss.backward()
+        res = {str(k): v.grad for k, v in inputs.items()}
+        res.update({n: p.grad for n, p in rssm.named_parameters()})
+        return loss.detach(), res
+
+    loop, scan = build(), build(use_scan=True)
+    assert supports_rssm_scan(scan.rssm_prior.module, scan.rssm_posterior.module) is not subclass
+    ref_loss, ref = grads(loop)
+    got_loss, got = grads(scan)
+    torch.testing.assert_close(got_loss, ref_loss, rtol=1e-5, atol=1e-5)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert ref[k] is not None and ref[k].abs().sum() > 0, k
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+    # the initial latent only matters where step 0 is not an episode start
+    assert (ref["state"][0, 1, 0] == 0).all() and (ref["state"][0, 0, 0] != 0).any()
+    assert (ref["state"][:, :, 1:] == 0).all()
+
+
+def test_scan_without_gradients_matches_the_loop():
+    td = batch()
+    torch.manual_seed(4)
+    with torch.no_grad():
+        ref = make_rssm()(td.clone())
+    torch.manual_seed(4)
+    with torch.no_grad():
+        out = make_rssm(use_scan=True)(td.clone())
+    for k in OUT:
+        torch.testing.assert_close(out.get(k), ref.get(k), rtol=1e-5, atol=1e-6, msg=str(k))

@@ -21,6 +21,8 @@ from tensordict.utils import unravel_key
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
+from reverie.modules.rssm_scan import rssm_scan, supports_rssm_scan
+
 __all__ = ["RSSMPosterior", "RSSMPrior", "RSSMRollout"]
 
 
@@ -164,19 +166,24 @@ class RSSMRollout(TensorDictModuleBase):
     td["next", "state"][:, t]``. Optional ``is_init`` (root, ``[*B, T, 1]`` bool) resets
     the latent entering step t to zeros at episode starts.
 
-    Three execution modes give the same numbers and gradients (the sampling noise is drawn
+    The execution modes give the same numbers and gradients (the sampling noise is drawn
     up front, ``[T, *B, S]``, then consumed step by step):
 
     * default: a Python loop over a tensor step function;
-    * ``use_scan=True``: ``torch._higher_order_ops.scan``. It runs in eager mode (the
-      published one fails there) but is several times slower than the loop in eager mode
-      (scan's autograd retraces and re-partitions the step at each call); it is meant for
-      ``torch.compile``;
+    * ``use_scan=True``: ``torch._higher_order_ops.scan`` (the published one fails in eager
+      mode). For :class:`RSSMPrior` and :class:`RSSMPosterior` themselves it runs
+      :func:`reverie.modules.rssm_scan.rssm_scan`: a forward scan without autograd that
+      keeps the step's activations, and a reverse scan of the step's hand-derived
+      vector-Jacobian product; the layers outside the recurrence (the prior head, the
+      embedding's and action's halves of the input layers) run on all steps at once. About
+      as fast as the loop. For other modules (subclasses) it falls back to torch's scan
+      autograd, which re-traces and re-partitions the step at every call (about 7x slower
+      than the loop);
     * ``compile_step=True``: the loop over a ``torch.compile``-d step function;
-    * ``use_scan=True, compile_step=True``: the scan rollout compiled whole with Inductor
-      (on the first call; Inductor turns the scan into a ``while_loop``), saving only the
-      carries and recomputing the step in the backward. With torch 2.13 it is about 1.6x
-      the plain loop at the paper's sizes on a CPU, against about 7x for the eager scan
+    * ``use_scan=True, compile_step=True``: the module-based step under torch's scan,
+      compiled whole with Inductor (on the first call; Inductor turns the scan into a
+      ``while_loop``), saving only the carries and recomputing the step in the backward.
+      With torch 2.13 it is about 1.6x the plain loop at the paper's sizes on a CPU
       (``docs/results/benchmarks/dreamer.md``).
 
     Args:
@@ -302,7 +309,7 @@ class RSSMRollout(TensorDictModuleBase):
         if value.shape[-1] != dim:
             raise ValueError(
                 f"RSSMRollout: {key!r} has shape {tuple(value.shape)}; expected [*B, T, {dim}].")
-        return value.select(len(lead), 0)
+        return value.select(len(lead), 0).contiguous()  # scan wants its carry's layout
 
     def _loop(self, state, belief, xs, noise):
         step = self._step_fn()
@@ -321,6 +328,10 @@ class RSSMRollout(TensorDictModuleBase):
 
     def _scan(self, state, belief, xs, noise):
         if not self.compile_step:
+            prior, post = self.rssm_prior.module, self.rssm_posterior.module
+            if supports_rssm_scan(prior, post):
+                outs = rssm_scan(prior, post, state, belief, *xs, noise)
+                return list(outs[:6]), list(outs[6:])
             return self._scan_eager(state, belief, xs, noise)
         import torch._dynamo.config
         import torch._functorch.config

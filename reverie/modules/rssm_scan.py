@@ -1,0 +1,231 @@
+"""The RSSM filter as a pair of scans with a hand-written backward (``RSSMRollout(use_scan=True)``).
+
+torch's own scan autograd re-traces and re-partitions the step at every eager call and,
+compiled, either saves a per-step copy of every weight matrix or recomputes the step in the
+backward. Here the forward is one ``scan`` run without autograd that also emits the step's
+activations ``(T, *B, .)``, and the backward is a reverse ``scan`` of the step's
+vector-Jacobian product. Weight gradients are then one matmul over all ``T * B`` rows, as in
+cuDNN's RNN backward.
+
+The step, with reset ``r`` (episode start), ``[.,.]`` concatenation and ``W`` acting on the
+last dim::
+
+    s <- 0, h <- 0 where r
+    x1 = ELU(W1 [s, a] + b1)
+    (i_r, i_z, i_n) = Wih x1 + bih          (h_r, h_z, h_n) = Whh h + bhh
+    r_ = sigmoid(i_r + h_r)   z = sigmoid(i_z + h_z)   n = tanh(i_n + r_ * h_n)
+    h' = n + z * (h - n)                                   (GRUCell)
+    (mu_p, rho_p) = W3 ELU(W2 h' + b2) + b3         sigma_p = softplus(rho_p) + lb_p
+    (mu_q, rho_q) = W5 ELU(W4 [h', e] + b4) + b5    sigma_q = softplus(rho_q) + lb_q
+    s' = mu_q + sigma_q * eps
+
+Its derivatives: ``ELU'(u) = 1 if ELU(u) > 0 else ELU(u) + 1``, ``softplus' = sigmoid``,
+``dh'/dn = 1 - z``, ``dh'/dz = h - n``, ``dh'/dh = z``, ``dn/da_n = 1 - n^2`` with
+``a_n = i_n + r_ * h_n``, ``dsigmoid(v)/dv = sigmoid(v) (1 - sigmoid(v))``.
+
+Only :class:`~reverie.modules.RSSMPrior` and :class:`~reverie.modules.RSSMPosterior`
+themselves (not subclasses) with materialised weights are supported
+(:func:`supports_rssm_scan`); ``RSSMRollout`` falls back to torch's scan autograd otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F  # noqa: N812
+from torch.nn.parameter import UninitializedParameter
+
+__all__ = ["rssm_scan", "supports_rssm_scan"]
+
+
+def _weights(prior, posterior) -> tuple[Tensor, ...]:
+    """``(W1, b1, Wih, bih, Whh, bhh, W2, b2, W3, b3, W4, b4, W5, b5)``, as in the step."""
+    l1, rnn = prior.action_state_projector[0], prior.rnn
+    l2, l3 = prior.rnn_to_prior_projector[0], prior.rnn_to_prior_projector[2]
+    l4, l5 = posterior.obs_rnn_to_post_projector[0], posterior.obs_rnn_to_post_projector[2]
+    return (l1.weight, l1.bias, rnn.weight_ih, rnn.bias_ih, rnn.weight_hh, rnn.bias_hh,
+            l2.weight, l2.bias, l3.weight, l3.bias, l4.weight, l4.bias, l5.weight, l5.bias)
+
+
+def supports_rssm_scan(prior: nn.Module, posterior: nn.Module) -> bool:
+    """Whether :func:`rssm_scan` computes exactly what ``prior`` and ``posterior`` do."""
+    from reverie.modules.rssm import RSSMPosterior, RSSMPrior
+
+    if type(prior) is not RSSMPrior or type(posterior) is not RSSMPosterior:
+        return False
+    elus = [prior.action_state_projector[1], prior.rnn_to_prior_projector[1],
+            posterior.obs_rnn_to_post_projector[1]]
+    if any(type(m) is not nn.ELU or m.alpha != 1.0 for m in elus):
+        return False
+    if prior.rnn.bias_ih is None:
+        return False
+    return not any(isinstance(w, UninitializedParameter) for w in _weights(prior, posterior))
+
+
+def _elu_grad(y: Tensor) -> Tensor:
+    """``ELU'(u)`` from ``y = ELU(u)`` (alpha 1)."""
+    return torch.where(y > 0, torch.ones_like(y), y + 1)
+
+
+def _mm_sum(g: Tensor, x: Tensor) -> Tensor:
+    """``sum over rows of g^T x``: ``g (..., O)``, ``x (..., I)`` -> ``(O, I)``."""
+    return g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+
+
+def _optional_sum(*terms: Tensor | None) -> Tensor | None:
+    terms = [t for t in terms if t is not None]
+    return None if not terms else sum(terms[1:], terms[0])
+
+
+class _RSSMScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, state0, belief0, action, embedding, reset, noise, lb_p, lb_q, *w):
+        from torch._higher_order_ops.scan import scan
+
+        w1, b1, wih, bih, whh, bhh, w2, b2, w3, b3, w4, b4, w5, b5 = w
+        n_s, n_r = state0.shape[-1], belief0.shape[-1]
+        w1_s, w4_h = w1[:, :n_s], w4[:, :n_r]
+        # the non-recurrent halves of the two input layers, for all steps at once: (T, *B, H)
+        pre1 = F.linear(action.to(state0.dtype), w1[:, n_s:], b1)
+        pre4 = F.linear(embedding.to(state0.dtype), w4[:, n_r:], b4)
+
+        def step(carry, x):
+            s, h = carry  # the latent entering the step, reset already applied
+            p1, p4, eps, rs_next = x
+            x1 = F.elu(F.linear(s, w1_s) + p1)  # (*B, H)
+            i_r, i_z, i_n = F.linear(x1, wih, bih).chunk(3, -1)  # (*B, R) each
+            h_r, h_z, h_n = F.linear(h, whh, bhh).chunk(3, -1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            h1 = n + z * (h - n)  # (*B, R)
+            x4 = F.elu(F.linear(h1, w4_h) + p4)
+            qm, qraw = F.linear(x4, w5, b5).chunk(2, -1)  # (*B, S) each
+            qs = F.softplus(qraw) + lb_q
+            s1 = qm + qs * eps
+            carry = (torch.where(rs_next, torch.zeros_like(s1), s1),
+                     torch.where(rs_next, torch.zeros_like(h1), h1))
+            # scan's outputs may not alias each other or the carry: clone the chunks (views)
+            qm, h_n, qraw = (y.clone() for y in (qm, h_n, qraw))
+            return carry, (qm, qs, s1, h1, x1, r, z, n, h_n, x4, qraw)
+
+        # the reset of step t + 1 is applied to the carry leaving step t
+        reset_next = torch.cat([reset[1:], torch.zeros_like(reset[:1])])
+        s0 = torch.where(reset[0], torch.zeros_like(state0), state0)
+        h0 = torch.where(reset[0], torch.zeros_like(belief0), belief0)
+        _, ys = scan(step, (s0, h0), (pre1, pre4, noise, reset_next))
+        qm, qs, s1, h1, *acts = ys  # (T, *B, .)
+        # the prior head is not part of the recurrence: all steps at once
+        x2 = F.elu(F.linear(h1, w2, b2))
+        pm, praw = F.linear(x2, w3, b3).chunk(2, -1)
+        s_in = torch.cat([s0[None], torch.where(reset_next[:-1], torch.zeros_like(s1[:-1]), s1[:-1])])
+        h_in = torch.cat([h0[None], torch.where(reset_next[:-1], torch.zeros_like(h1[:-1]), h1[:-1])])
+        ctx.save_for_backward(action, embedding, reset, noise, h1, s_in, h_in, x2, praw, *acts, *w)
+        ctx.set_materialize_grads(False)
+        return pm, F.softplus(praw) + lb_p, qm, qs, s1, h1, s_in, h_in
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_pm, g_ps, g_qm, g_qs, g_s1, g_h1, g_sin, g_hin):
+        from torch._higher_order_ops.scan import scan
+
+        (action, embedding, reset, noise, h1, s_in, h_in, x2, praw, x1, r, z, n, h_n, x4, qraw,
+         *w) = ctx.saved_tensors
+        w1, b1, wih, bih, whh, bhh, w2, b2, w3, b3, w4, b4, w5, b5 = w
+        n_s, n_r = s_in.shape[-1], h1.shape[-1]
+        w1_s, w4_h = w1[:, :n_s], w4[:, :n_r]
+        # the prior head, outside the recurrence: its gradient reaching h' for all steps
+        g_p = g_u2 = None
+        if g_pm is not None or g_ps is not None:
+            g_p = torch.cat([torch.zeros_like(praw) if g_pm is None else g_pm,
+                             torch.zeros_like(praw) if g_ps is None else g_ps * torch.sigmoid(praw)],
+                            -1)  # (T, *B, 2S)
+            g_u2 = (g_p @ w3) * _elu_grad(x2)
+        g_h1 = _optional_sum(g_h1, None if g_u2 is None else g_u2 @ w2)
+        # the per-step gradients that were given, as scan inputs
+        given = {k: g for k, g in dict(qm=g_qm, qs=g_qs, s1=g_s1, h1=g_h1, sin=g_sin,
+                                          hin=g_hin).items() if g is not None}
+        keys = list(given)
+
+        def step(carry, x):
+            g_s_next, g_h_next = carry  # gradients w.r.t. the latent leaving this step
+            g = dict(zip(keys, x[0], strict=True))
+            rs, eps, hin, x1_, r_, z_, n_, hn_, x4_, qraw_ = x[1]
+            gs = _optional_sum(g.get("s1"), g_s_next)
+            gh = _optional_sum(g.get("h1"), g_h_next)
+            # posterior head: s' = mu_q + sigma_q * eps
+            g_qm_ = _optional_sum(g.get("qm"), gs)
+            g_qs_ = _optional_sum(g.get("qs"), gs * eps)
+            g_q = torch.cat([g_qm_, g_qs_ * torch.sigmoid(qraw_)], -1)  # (*B, 2S)
+            g_u4 = (g_q @ w5) * _elu_grad(x4_)  # (*B, H)
+            gh = gh + g_u4 @ w4_h  # the embedding's part is taken after the scan
+            # GRU cell
+            g_an = gh * (1 - z_) * (1 - n_ * n_)
+            g_ar = g_an * hn_ * r_ * (1 - r_)
+            g_az = gh * (hin - n_) * z_ * (1 - z_)
+            g_gi = torch.cat([g_ar, g_az, g_an], -1)  # (*B, 3R)
+            g_hn = g_an * r_
+            g_h = _optional_sum(gh * z_ + torch.cat([g_ar, g_az, g_hn], -1) @ whh, g.get("hin"))
+            g_u1 = (g_gi @ wih) * _elu_grad(x1_)
+            g_s = _optional_sum(g_u1 @ w1_s, g.get("sin"))  # the action's part: after the scan
+            carry = (torch.where(rs, torch.zeros_like(g_s), g_s),
+                     torch.where(rs, torch.zeros_like(g_h), g_h))
+            return carry, (g_q, g_u4, g_gi, g_hn, g_u1)  # fresh tensors, no views
+
+        zeros = (torch.zeros_like(s_in[0]), torch.zeros_like(h_in[0]))
+        xs = ([given[k] for k in keys], [reset, noise, h_in, x1, r, z, n, h_n, x4, qraw])
+        (g_state0, g_belief0), ys = scan(step, zeros, xs, reverse=True)
+        g_q, g_u4, g_gi, g_hn, g_u1 = ys  # (T, *B, .), time order
+        g_gh = torch.cat([g_gi[..., :2 * n_r], g_hn], -1)
+        need = ctx.needs_input_grad
+
+        def lin(g_out, x_in):  # (weight, bias) gradients of a linear layer over all rows
+            return _mm_sum(g_out, x_in), g_out.flatten(0, -2).sum(0)
+
+        prior_head = ((torch.zeros_like(w2), torch.zeros_like(b2), torch.zeros_like(w3),
+                       torch.zeros_like(b3)) if g_p is None else (*lin(g_u2, h1), *lin(g_p, x2)))
+        grads_w = (*lin(g_u1, torch.cat([s_in, action.to(s_in.dtype)], -1)), *lin(g_gi, x1),
+                   *lin(g_gh, h_in), *prior_head,
+                   *lin(g_u4, torch.cat([h1, embedding.to(h1.dtype)], -1)), *lin(g_q, x4))
+        return (g_state0 if need[0] else None, g_belief0 if need[1] else None,
+                (g_u1 @ w1[:, n_s:]).to(action.dtype) if need[2] else None,
+                (g_u4 @ w4[:, n_r:]).to(embedding.dtype) if need[3] else None,
+                None, None, None, None,
+                *(g if nd else None for g, nd in zip(grads_w, need[8:], strict=True)))
+
+
+def rssm_scan(prior, posterior, state0: Tensor, belief0: Tensor, action: Tensor,
+              embedding: Tensor, reset: Tensor, noise: Tensor) -> tuple[Tensor, ...]:
+    """Filter ``T`` steps with a forward and a reverse ``scan`` (see the module docstring).
+
+    Args:
+        prior, posterior: :class:`RSSMPrior` and :class:`RSSMPosterior` (checked by
+            :func:`supports_rssm_scan`).
+        state0 ``(*B, S)``, belief0 ``(*B, R)``: the latent entering step 0.
+        action ``(T, *B, A)``, embedding ``(T, *B, E)``, reset ``(T, *B, 1)`` bool, noise
+        ``(T, *B, S)``: time first.
+
+    Returns:
+        ``(prior_mean, prior_std, posterior_mean, posterior_std, state, belief, entering
+        state, entering belief)``, each ``(T, *B, .)``, differentiable w.r.t. the latent at
+        step 0, the actions, the embeddings and both modules' parameters.
+
+    Examples:
+        >>> import torch
+        >>> from reverie.modules import RSSMPosterior, RSSMPrior
+        >>> prior = RSSMPrior(action_dim=1, hidden_dim=8, rnn_hidden_dim=6, state_dim=3)
+        >>> post = RSSMPosterior(hidden_dim=8, state_dim=3, rnn_hidden_dim=6, obs_embed_dim=5)
+        >>> T, B = 10, 4
+        >>> emb = torch.randn(T, B, 5, requires_grad=True)
+        >>> outs = rssm_scan(prior, post, torch.zeros(B, 3), torch.zeros(B, 6),
+        ...                  torch.randn(T, B, 1), emb, torch.zeros(T, B, 1, dtype=torch.bool),
+        ...                  torch.randn(T, B, 3))
+        >>> [tuple(o.shape) for o in outs[4:6]]  # posterior sample and belief
+        [(10, 4, 3), (10, 4, 6)]
+        >>> outs[4].sum().backward()
+        >>> emb.grad.shape
+        torch.Size([10, 4, 5])
+    """
+    return _RSSMScan.apply(state0, belief0, action, embedding, reset, noise, prior.scale_lb,
+                           posterior.scale_lb, *_weights(prior, posterior))
