@@ -64,8 +64,13 @@ def supports_rssm_scan(prior: nn.Module, posterior: nn.Module) -> bool:
 
 
 def _elu_grad(y: Tensor) -> Tensor:
-    """``ELU'(u)`` from ``y = ELU(u)`` (alpha 1)."""
-    return torch.where(y > 0, torch.ones_like(y), y + 1)
+    """``ELU'(u)`` from ``y = ELU(u)`` (alpha 1): 1 where ``y > 0``, else ``y + 1 = exp(u)``."""
+    return y.clamp(max=0) + 1
+
+
+def _act_sizes(n_s: int, n_r: int, n_h: int) -> list[int]:
+    """Widths of the packed per-step output ``(qm, qs, s', h', x1, r, z, n, h_n, x4, rho_q)``."""
+    return [n_s, n_s, n_s, n_r, n_h, n_r, n_r, n_r, n_r, n_h, n_s]
 
 
 def _mm_sum(g: Tensor, x: Tensor) -> Tensor:
@@ -104,24 +109,22 @@ class _RSSMScan(torch.autograd.Function):
             qm, qraw = F.linear(x4, w5, b5).chunk(2, -1)  # (*B, S) each
             qs = F.softplus(qraw) + lb_q
             s1 = qm + qs * eps
-            carry = (torch.where(rs_next, torch.zeros_like(s1), s1),
-                     torch.where(rs_next, torch.zeros_like(h1), h1))
-            # scan's outputs may not alias each other or the carry: clone the chunks (views)
-            qm, h_n, qraw = (y.clone() for y in (qm, h_n, qraw))
-            return carry, (qm, qs, s1, h1, x1, r, z, n, h_n, x4, qraw)
+            carry = (s1.masked_fill(rs_next, 0), h1.masked_fill(rs_next, 0))
+            # one packed output per step: scan stores each output of each step separately
+            return carry, torch.cat([qm, qs, s1, h1, x1, r, z, n, h_n, x4, qraw], -1)
 
         # the reset of step t + 1 is applied to the carry leaving step t
         reset_next = torch.cat([reset[1:], torch.zeros_like(reset[:1])])
-        s0 = torch.where(reset[0], torch.zeros_like(state0), state0)
-        h0 = torch.where(reset[0], torch.zeros_like(belief0), belief0)
-        _, ys = scan(step, (s0, h0), (pre1, pre4, noise, reset_next))
-        qm, qs, s1, h1, *acts = ys  # (T, *B, .)
+        s0, h0 = state0.masked_fill(reset[0], 0), belief0.masked_fill(reset[0], 0)
+        _, packed = scan(step, (s0, h0), (pre1, pre4, noise, reset_next))  # (T, *B, 6S + 6R + 2H)
+        n_h = w1.shape[0]
+        qm, qs, s1, h1, *_ = packed.split(_act_sizes(n_s, n_r, n_h), -1)
         # the prior head is not part of the recurrence: all steps at once
         x2 = F.elu(F.linear(h1, w2, b2))
         pm, praw = F.linear(x2, w3, b3).chunk(2, -1)
-        s_in = torch.cat([s0[None], torch.where(reset_next[:-1], torch.zeros_like(s1[:-1]), s1[:-1])])
-        h_in = torch.cat([h0[None], torch.where(reset_next[:-1], torch.zeros_like(h1[:-1]), h1[:-1])])
-        ctx.save_for_backward(action, embedding, reset, noise, h1, s_in, h_in, x2, praw, *acts, *w)
+        s_in = torch.cat([s0[None], s1[:-1].masked_fill(reset_next[:-1], 0)])  # (T, *B, S)
+        h_in = torch.cat([h0[None], h1[:-1].masked_fill(reset_next[:-1], 0)])
+        ctx.save_for_backward(action, embedding, reset, noise, packed, s_in, h_in, x2, praw, *w)
         ctx.set_materialize_grads(False)
         return pm, F.softplus(praw) + lb_p, qm, qs, s1, h1, s_in, h_in
 
@@ -130,10 +133,11 @@ class _RSSMScan(torch.autograd.Function):
     def backward(ctx, g_pm, g_ps, g_qm, g_qs, g_s1, g_h1, g_sin, g_hin):
         from torch._higher_order_ops.scan import scan
 
-        (action, embedding, reset, noise, h1, s_in, h_in, x2, praw, x1, r, z, n, h_n, x4, qraw,
-         *w) = ctx.saved_tensors
+        action, embedding, reset, noise, packed, s_in, h_in, x2, praw, *w = ctx.saved_tensors
         w1, b1, wih, bih, whh, bhh, w2, b2, w3, b3, w4, b4, w5, b5 = w
-        n_s, n_r = s_in.shape[-1], h1.shape[-1]
+        n_s, n_r, n_h = s_in.shape[-1], h_in.shape[-1], w1.shape[0]
+        sizes = _act_sizes(n_s, n_r, n_h)
+        _, _, _, h1, x1, *_, x4, _ = packed.split(sizes, -1)  # (T, *B, .)
         w1_s, w4_h = w1[:, :n_s], w4[:, :n_r]
         # the prior head, outside the recurrence: its gradient reaching h' for all steps
         g_p = g_u2 = None
@@ -146,12 +150,14 @@ class _RSSMScan(torch.autograd.Function):
         # the per-step gradients that were given, as scan inputs
         given = {k: g for k, g in dict(qm=g_qm, qs=g_qs, s1=g_s1, h1=g_h1, sin=g_sin,
                                           hin=g_hin).items() if g is not None}
-        keys = list(given)
+        keys, g_sizes = list(given), [g.shape[-1] for g in given.values()]
+        g_packed = torch.cat(list(given.values()), -1) if given else torch.zeros_like(noise)
 
         def step(carry, x):
             g_s_next, g_h_next = carry  # gradients w.r.t. the latent leaving this step
-            g = dict(zip(keys, x[0], strict=True))
-            rs, eps, hin, x1_, r_, z_, n_, hn_, x4_, qraw_ = x[1]
+            g_step, rs, eps, hin, acts = x
+            g = dict(zip(keys, g_step.split(g_sizes, -1), strict=True)) if keys else {}
+            _, _, _, _, x1_, r_, z_, n_, hn_, x4_, qraw_ = acts.split(sizes, -1)
             gs = _optional_sum(g.get("s1"), g_s_next)
             gh = _optional_sum(g.get("h1"), g_h_next)
             # posterior head: s' = mu_q + sigma_q * eps
@@ -169,14 +175,13 @@ class _RSSMScan(torch.autograd.Function):
             g_h = _optional_sum(gh * z_ + torch.cat([g_ar, g_az, g_hn], -1) @ whh, g.get("hin"))
             g_u1 = (g_gi @ wih) * _elu_grad(x1_)
             g_s = _optional_sum(g_u1 @ w1_s, g.get("sin"))  # the action's part: after the scan
-            carry = (torch.where(rs, torch.zeros_like(g_s), g_s),
-                     torch.where(rs, torch.zeros_like(g_h), g_h))
-            return carry, (g_q, g_u4, g_gi, g_hn, g_u1)  # fresh tensors, no views
+            carry = (g_s.masked_fill(rs, 0), g_h.masked_fill(rs, 0))
+            return carry, torch.cat([g_q, g_u4, g_gi, g_hn, g_u1], -1)  # one packed output
 
         zeros = (torch.zeros_like(s_in[0]), torch.zeros_like(h_in[0]))
-        xs = ([given[k] for k in keys], [reset, noise, h_in, x1, r, z, n, h_n, x4, qraw])
-        (g_state0, g_belief0), ys = scan(step, zeros, xs, reverse=True)
-        g_q, g_u4, g_gi, g_hn, g_u1 = ys  # (T, *B, .), time order
+        (g_state0, g_belief0), ys = scan(step, zeros, (g_packed, reset, noise, h_in, packed),
+                                         reverse=True)
+        g_q, g_u4, g_gi, g_hn, g_u1 = ys.split([2 * n_s, n_h, 3 * n_r, n_r, n_h], -1)  # time order
         g_gh = torch.cat([g_gi[..., :2 * n_r], g_hn], -1)
         need = ctx.needs_input_grad
 
