@@ -179,8 +179,9 @@ class _PriorSubclass(RSSMPrior):
     """Not RSSMPrior itself: use_scan falls back to torch's scan autograd."""
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("subclass", [False, True])
-def test_scan_gradients_reach_every_input_through_resets_and_two_batch_dims(subclass):
+def test_scan_gradients_reach_every_input_through_resets_and_two_batch_dims(subclass, compiled):
     from reverie.modules.rssm_scan import supports_rssm_scan
 
     def build(**kwargs):
@@ -218,7 +219,7 @@ def test_scan_gradients_reach_every_input_through_resets_and_two_batch_dims(subc
         res.update({n: p.grad for n, p in rssm.named_parameters()})
         return loss.detach(), res
 
-    loop, scan = build(), build(use_scan=True)
+    loop, scan = build(), build(use_scan=True, compile_step=compiled)
     assert supports_rssm_scan(scan.rssm_prior.module, scan.rssm_posterior.module) is not subclass
     ref_loss, ref = grads(loop)
     got_loss, got = grads(scan)

@@ -327,24 +327,29 @@ class RSSMRollout(TensorDictModuleBase):
         return [torch.stack(o) for o in outs], [torch.stack(e) for e in entering]
 
     def _scan(self, state, belief, xs, noise):
+        fast = supports_rssm_scan(self.rssm_prior.module, self.rssm_posterior.module)
         if not self.compile_step:
-            prior, post = self.rssm_prior.module, self.rssm_posterior.module
-            if supports_rssm_scan(prior, post):
-                outs = rssm_scan(prior, post, state, belief, *xs, noise)
-                return list(outs[:6]), list(outs[6:])
-            return self._scan_eager(state, belief, xs, noise)
+            return (self._scan_fast if fast else self._scan_eager)(state, belief, xs, noise)
         import torch._dynamo.config
         import torch._functorch.config
+
         if self._compiled_scan is None:
-            self._compiled_scan = torch.compile(self._scan_eager, dynamic=False)
+            self._compiled_scan = torch.compile(self._scan_fast if fast else self._scan_eager,
+                                                dynamic=False)
         # Inductor lowers scan to a while_loop whose body reads the loop index with .item()
         # (torch 2.13); without captured scalar outputs that lowering fails with
-        # DataDependentOutputException. An activation budget of 0 makes scan's autograd save
-        # only the carries and recompute the step in the backward; otherwise its partition
-        # saves a per-step copy of every (transposed) weight matrix.
+        # DataDependentOutputException. Under torch's own scan autograd (the fallback), an
+        # activation budget of 0 makes it save only the carries and recompute the step in
+        # the backward; otherwise it saves a per-step copy of every (transposed) weight.
+        budget = {} if fast else {"activation_memory_budget": 0.0}
         with torch._dynamo.config.patch(capture_scalar_outputs=True), \
-                torch._functorch.config.patch(activation_memory_budget=0.0):
+                torch._functorch.config.patch(**budget):
             return self._compiled_scan(state, belief, xs, noise)
+
+    def _scan_fast(self, state, belief, xs, noise):
+        outs = rssm_scan(self.rssm_prior.module, self.rssm_posterior.module, state, belief, *xs,
+                         noise)
+        return list(outs[:6]), list(outs[6:])
 
     def _scan_eager(self, state, belief, xs, noise):
         from torch._higher_order_ops.scan import scan
