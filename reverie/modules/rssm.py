@@ -176,15 +176,15 @@ class RSSMRollout(TensorDictModuleBase):
       keeps the step's activations, and a reverse scan of the step's hand-derived
       vector-Jacobian product; the layers outside the recurrence (the prior head, the
       embedding's and action's halves of the input layers) run on all steps at once. About
-      as fast as the loop. For other modules (subclasses) it falls back to torch's scan
-      autograd, which re-traces and re-partitions the step at every call (about 7x slower
-      than the loop);
+      as fast as the loop (0.96-1.17x the plain loop over five benchmark runs). For other
+      modules (subclasses) it falls back to torch's scan autograd, which re-traces and
+      re-partitions the step at every call (about 7x slower than the loop);
     * ``compile_step=True``: the loop over a ``torch.compile``-d step function;
-    * ``use_scan=True, compile_step=True``: the module-based step under torch's scan,
-      compiled whole with Inductor (on the first call; Inductor turns the scan into a
-      ``while_loop``), saving only the carries and recomputing the step in the backward.
-      With torch 2.13 it is about 1.6x the plain loop at the paper's sizes on a CPU
-      (``docs/results/benchmarks/dreamer.md``).
+    * ``use_scan=True, compile_step=True``: the scan rollout compiled whole with Inductor
+      on the first call (Inductor turns each scan into a ``while_loop``): 0.8-0.9x the
+      plain loop. The fallback for other modules compiles torch's scan autograd, saving
+      only the carries and recomputing the step in the backward (about 1.6x).
+      See ``docs/results/benchmarks/dreamer.md``.
 
     Args:
         rssm_prior: ``TensorDictModule`` wrapping :class:`RSSMPrior`.
