@@ -157,7 +157,7 @@ class _RSSMScan(torch.autograd.Function):
             g_s_next, g_h_next = carry  # gradients w.r.t. the latent leaving this step
             g_step, rs, eps, hin, acts = x
             g = dict(zip(keys, g_step.split(g_sizes, -1), strict=True)) if keys else {}
-            _, _, _, _, x1_, r_, z_, n_, hn_, x4_, qraw_ = acts.split(sizes, -1)
+            x1_, r_, z_, n_, hn_, x4_, qraw_ = acts.split(sizes[4:], -1)
             gs = _optional_sum(g.get("s1"), g_s_next)
             gh = _optional_sum(g.get("h1"), g_h_next)
             # posterior head: s' = mu_q + sigma_q * eps
@@ -179,7 +179,8 @@ class _RSSMScan(torch.autograd.Function):
             return carry, torch.cat([g_q, g_u4, g_gi, g_hn, g_u1], -1)  # one packed output
 
         zeros = (torch.zeros_like(s_in[0]), torch.zeros_like(h_in[0]))
-        (g_state0, g_belief0), ys = scan(step, zeros, (g_packed, reset, noise, h_in, packed),
+        acts = packed[..., sum(sizes[:4]):]  # what the step's backward reads: x1 ... rho_q
+        (g_state0, g_belief0), ys = scan(step, zeros, (g_packed, reset, noise, h_in, acts),
                                          reverse=True)
         g_q, g_u4, g_gi, g_hn, g_u1 = ys.split([2 * n_s, n_h, 3 * n_r, n_r, n_h], -1)  # time order
         g_gh = torch.cat([g_gi[..., :2 * n_r], g_hn], -1)
