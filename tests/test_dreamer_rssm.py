@@ -243,3 +243,19 @@ def test_scan_without_gradients_matches_the_loop():
         out = make_rssm(use_scan=True)(td.clone())
     for k in OUT:
         torch.testing.assert_close(out.get(k), ref.get(k), rtol=1e-5, atol=1e-6, msg=str(k))
+
+
+def test_scan_leaves_unused_heads_without_gradient_like_the_loop():
+    td = batch()
+    grads = []
+    for kwargs in ({}, {"use_scan": True}):
+        rssm = make_rssm(**kwargs)
+        torch.manual_seed(6)
+        rssm(td.clone())["next", "state"].sum().backward()  # the prior head is not used
+        grads.append({n: p.grad for n, p in rssm.named_parameters()})
+    for n, ref in grads[0].items():
+        if ref is None:
+            assert grads[1][n] is None, n
+        else:
+            torch.testing.assert_close(grads[1][n], ref, rtol=1e-4, atol=1e-6, msg=n)
+    assert grads[0]["rssm_prior.module.rnn_to_prior_projector.0.weight"] is None

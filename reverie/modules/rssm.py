@@ -177,9 +177,8 @@ class RSSMRollout(TensorDictModuleBase):
       vector-Jacobian product; the layers outside the recurrence (the prior head, the
       embedding's and action's halves of the input layers) run on all steps at once. About
       as fast as the loop (0.96-1.17x the plain loop over nine benchmark runs, median
-      1.11x). For other
-      modules (subclasses) it falls back to torch's scan autograd, which re-traces and
-      re-partitions the step at every call (about 7x slower than the loop);
+      1.11x). For other modules (subclasses) it falls back to torch's scan autograd, which
+      re-traces and re-partitions the step at every call (about 7x slower than the loop);
     * ``compile_step=True``: the loop over a ``torch.compile``-d step function;
     * ``use_scan=True, compile_step=True``: the scan rollout compiled whole with Inductor
       on the first call (Inductor turns each scan into a ``while_loop``): 0.80-0.90x the

@@ -185,20 +185,19 @@ class _RSSMScan(torch.autograd.Function):
         g_q, g_u4, g_gi, g_hn, g_u1 = ys.split([2 * n_s, n_h, 3 * n_r, n_r, n_h], -1)  # time order
         g_gh = torch.cat([g_gi[..., :2 * n_r], g_hn], -1)
         need = ctx.needs_input_grad
-
-        def lin(g_out, x_in):  # (weight, bias) gradients of a linear layer over all rows
-            return _mm_sum(g_out, x_in), g_out.flatten(0, -2).sum(0)
-
-        prior_head = ((torch.zeros_like(w2), torch.zeros_like(b2), torch.zeros_like(w3),
-                       torch.zeros_like(b3)) if g_p is None else (*lin(g_u2, h1), *lin(g_p, x2)))
-        grads_w = (*lin(g_u1, torch.cat([s_in, action.to(s_in.dtype)], -1)), *lin(g_gi, x1),
-                   *lin(g_gh, h_in), *prior_head,
-                   *lin(g_u4, torch.cat([h1, embedding.to(h1.dtype)], -1)), *lin(g_q, x4))
+        # (layer's output gradient, its input in parts) for W1, Wih, Whh, W2, W3, W4, W5
+        layers = [(g_u1, (s_in, action)), (g_gi, (x1,)), (g_gh, (h_in,)), (g_u2, (h1,)),
+                  (g_p, (x2,)), (g_u4, (h1, embedding)), (g_q, (x4,))]
+        grads_w = []
+        for i, (g_out, x_parts) in enumerate(layers):  # each summed over all T * B rows
+            need_w, need_b = need[8 + 2 * i], need[9 + 2 * i]
+            grads_w.append(torch.cat([_mm_sum(g_out, x.to(g_out.dtype)) for x in x_parts], -1)
+                           if need_w and g_out is not None else None)
+            grads_w.append(g_out.flatten(0, -2).sum(0) if need_b and g_out is not None else None)
         return (g_state0 if need[0] else None, g_belief0 if need[1] else None,
                 (g_u1 @ w1[:, n_s:]).to(action.dtype) if need[2] else None,
                 (g_u4 @ w4[:, n_r:]).to(embedding.dtype) if need[3] else None,
-                None, None, None, None,
-                *(g if nd else None for g, nd in zip(grads_w, need[8:], strict=True)))
+                None, None, None, None, *grads_w)
 
 
 def rssm_scan(prior, posterior, state0: Tensor, belief0: Tensor, action: Tensor,
