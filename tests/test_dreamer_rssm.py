@@ -51,12 +51,14 @@ def run_mode(rssm, td, seed=3):
     return {k: out.get(k).detach() for k in OUT}, grads
 
 
+@pytest.mark.parametrize("resets", [True, False])
 @pytest.mark.parametrize("mode", [{"use_scan": True}, {"compile_step": True},
                                   {"use_scan": True, "compile_step": True}])
-def test_modes_match_the_loop_in_values_and_gradients(mode):
+def test_modes_match_the_loop_in_values_and_gradients(mode, resets):
     td = batch()
-    td["is_init"] = torch.zeros(3, 6, 1, dtype=torch.bool)
-    td["is_init"][1, 2] = True
+    if resets:
+        td["is_init"] = torch.zeros(3, 6, 1, dtype=torch.bool)
+        td["is_init"][1, 2] = True
     ref_out, ref_grads = run_mode(make_rssm(), td)
     out, grads = run_mode(make_rssm(**mode), td)
     for k in OUT:
@@ -110,6 +112,18 @@ def test_is_init_resets_the_latent_at_episode_starts():
     # without the reset the same step differs
     plain = rssm(td.exclude("is_init").clone())
     assert not torch.allclose(plain["next", "belief"][:, 3], out["next", "belief"][:, 3])
+
+
+@pytest.mark.parametrize("mode", [{}, {"use_scan": True}])
+def test_no_is_init_is_the_same_as_is_init_all_false(mode):
+    td = batch()
+    without, grads_without = run_mode(make_rssm(**mode), td)
+    td["is_init"] = torch.zeros(3, 6, 1, dtype=torch.bool)
+    with_, grads_with = run_mode(make_rssm(**mode), td)
+    for k in OUT:
+        torch.testing.assert_close(without[k], with_[k], rtol=0, atol=0, msg=str(k))
+    for n in grads_with:
+        torch.testing.assert_close(grads_without[n], grads_with[n], rtol=0, atol=0, msg=n)
 
 
 def test_given_initial_latent_is_used():

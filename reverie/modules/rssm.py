@@ -248,16 +248,18 @@ class RSSMRollout(TensorDictModuleBase):
 
     # ------------------------------------------------------------------ tensor step
     def step(self, state, belief, action, embedding, noise, reset):
-        """One filtering step on tensors (all ``(*B, .)``; ``reset (*B, 1)`` bool).
+        """One filtering step on tensors (all ``(*B, .)``; ``reset (*B, 1)`` bool or ``None``).
 
-        Returns ``(prior_mean, prior_std, posterior_mean, posterior_std, state, belief)``.
+        Returns ``(prior_mean, prior_std, posterior_mean, posterior_std, state, belief,
+        entering state, entering belief)``; the entering latent is the given one, zeroed
+        where ``reset``.
         """
         prior, post = self.rssm_prior.module, self.rssm_posterior.module
-        state = torch.where(reset, torch.zeros_like(state), state)
-        belief = torch.where(reset, torch.zeros_like(belief), belief)
-        p_mean, p_std, _, belief = prior(state, belief, action, noise=torch.zeros_like(noise))
-        q_mean, q_std, state = post(belief, embedding, noise=noise)
-        return p_mean, p_std, q_mean, q_std, state, belief
+        if reset is not None:
+            state, belief = state.masked_fill(reset, 0), belief.masked_fill(reset, 0)
+        p_mean, p_std, _, belief1 = prior(state, belief, action, noise=torch.zeros_like(noise))
+        q_mean, q_std, state1 = post(belief1, embedding, noise=noise)
+        return p_mean, p_std, q_mean, q_std, state1, belief1, state, belief
 
     def _step_fn(self):
         if not self.compile_step:
@@ -281,13 +283,11 @@ class RSSMRollout(TensorDictModuleBase):
         state0 = self._initial(tensordict, self.state_key, self.state_dim, lead, ref)
         belief0 = self._initial(tensordict, self.belief_key, self.belief_dim, lead, ref)
         is_init = tensordict.get("is_init", None)
-        if is_init is None:
-            reset = torch.zeros((*lead, T, 1), dtype=torch.bool, device=ref.device)
-        else:
-            reset = is_init.reshape(*lead, T, -1)[..., :1].bool()
+        # no is_init: no resets (None: the step skips them)
+        reset = None if is_init is None else is_init.reshape(*lead, T, -1)[..., :1].bool()
         t_dim = len(lead)
         # time first: (T, *B, .)
-        xs = [x.movedim(t_dim, 0) for x in (action, embedding, reset)]
+        xs = [None if x is None else x.movedim(t_dim, 0) for x in (action, embedding, reset)]
         noise = torch.randn((T, *lead, self.state_dim), dtype=ref.dtype, device=ref.device)
         if self.use_scan:
             outs, entering = self._scan(state0, belief0, xs, noise)
@@ -313,18 +313,19 @@ class RSSMRollout(TensorDictModuleBase):
 
     def _loop(self, state, belief, xs, noise):
         step = self._step_fn()
-        outs, entering = [[] for _ in range(6)], ([], [])
+        outs = [[] for _ in range(8)]  # the step's outputs, then the entering latent
         # unbind once: indexing x[t] per step would make backward write T full-size zero
         # gradients (one per step) into each input
-        for action, embedding, reset, eps in zip(*(x.unbind(0) for x in xs), noise.unbind(0),
-                                                  strict=True):
-            entering[0].append(torch.where(reset, torch.zeros_like(state), state))
-            entering[1].append(torch.where(reset, torch.zeros_like(belief), belief))
+        actions, embeddings, resets = xs
+        resets = [None] * len(noise) if resets is None else resets.unbind(0)
+        for action, embedding, reset, eps in zip(actions.unbind(0), embeddings.unbind(0), resets,
+                                                  noise.unbind(0), strict=True):
             res = step(state, belief, action, embedding, eps, reset)
             for store, value in zip(outs, res, strict=True):
                 store.append(value)
             state, belief = res[4], res[5]
-        return [torch.stack(o) for o in outs], [torch.stack(e) for e in entering]
+        stacked = [torch.stack(o) for o in outs]
+        return stacked[:6], stacked[6:]
 
     def _scan(self, state, belief, xs, noise):
         fast = supports_rssm_scan(self.rssm_prior.module, self.rssm_posterior.module)
@@ -358,13 +359,13 @@ class RSSMRollout(TensorDictModuleBase):
 
         def combine(carry, x):
             state, belief = carry
-            action, embedding, reset, eps = x
-            res = step(state, belief, action, embedding, eps, reset)
-            zs, zb = torch.zeros_like(state), torch.zeros_like(belief)
-            entering = (torch.where(reset, zs, state), torch.where(reset, zb, belief))
+            action, embedding, eps, *reset = x
+            res = step(state, belief, action, embedding, eps, reset[0] if reset else None)
             # scan's outputs may not alias each other (chunk views) or the carry
-            return (res[4].clone(), res[5].clone()), tuple(y.clone() for y in (*res, *entering))
+            return (res[4].clone(), res[5].clone()), tuple(y.clone() for y in res)
 
-        _, ys = scan(combine, (state, belief), (*xs, noise))
+        action, embedding, reset = xs
+        _, ys = scan(combine, (state, belief),
+                     (action, embedding, noise, *([] if reset is None else [reset])))
         return list(ys[:6]), list(ys[6:])
 

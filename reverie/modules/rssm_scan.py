@@ -69,12 +69,59 @@ def _elu_grad(y: Tensor) -> Tensor:
 
 
 def _act_sizes(n_s: int, n_r: int, n_h: int) -> list[int]:
-    """Widths of the packed per-step output ``(qm, qs, s', h', x1, r, z, n, h_n, x4, rho_q)``."""
-    return [n_s, n_s, n_s, n_r, n_h, n_r, n_r, n_r, n_r, n_h, n_s]
+    """Widths of the packed per-step output ``(s, h, qm, qs, s', h', x1, r, z, n, h_n, x4, rho_q)``."""
+    return [n_s, n_r, n_s, n_s, n_s, n_r, n_h, n_r, n_r, n_r, n_r, n_h, n_s]
+
+
+def _wide_pad(like: Tensor, width: int) -> Tensor | None:
+    """Zero columns that make a ``(*B, width)`` row a whole number of ``complex128``.
+
+    Eager ``scan`` stores each output of each step with ``scatter_`` through an int64 index
+    as large as the output, at a cost per element; so the step's packed output travels as
+    16-byte elements (4 float32; :func:`_packed`), which makes that about 6x cheaper.
+    ``None`` (no reinterpretation) under ``torch.compile``, which has no such cost.
+    """
+    if torch.compiler.is_compiling():
+        return None
+    return like.new_zeros(*like.shape[:-1], -width % (16 // like.element_size()))
+
+
+def _packed(parts: list[Tensor], pad: Tensor | None) -> Tensor:
+    """``parts`` concatenated on the last dim, as ``complex128`` after ``pad`` if given."""
+    return torch.cat(parts, -1) if pad is None else torch.cat([*parts, pad], -1).view(
+        torch.complex128)
+
+
+def _from_wide(y: Tensor, dtype: torch.dtype, width: int) -> Tensor:
+    """Inverse of :func:`_packed`: the first ``width`` columns of ``y`` as ``dtype``."""
+    return y if y.dtype == dtype else y.view(dtype)[..., :width]
+
+
+def _reversed(x: Tensor) -> Tensor:
+    """``x`` in reverse order along dim 0 (``index_select`` copies rows; ``flip`` is ~4x slower)."""
+    return x.index_select(0, torch.arange(x.shape[0] - 1, -1, -1, device=x.device))
+
+
+def _batch_major(x: Tensor) -> bool:
+    """Whether ``x (T, B, ...)`` is a time-first view of a contiguous ``(B, T, ...)`` tensor.
+
+    ``RSSMRollout`` hands over such views of ``[B, T]`` TensorDict entries; the big ones
+    (the embedding) are then used in their memory order rather than copied.
+    """
+    return x.dim() > 2 and not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
+
+
+def _matmul(x: Tensor, w: Tensor, b: Tensor | None = None, like: Tensor | None = None) -> Tensor:
+    """``x @ w.T + b`` over ``(T, *B, .)`` rows, laid out as ``like`` (default ``x``) is."""
+    if _batch_major(x if like is None else like):
+        return F.linear(x.transpose(0, 1), w, b).transpose(0, 1)
+    return F.linear(x, w, b)
 
 
 def _mm_sum(g: Tensor, x: Tensor) -> Tensor:
     """``sum over rows of g^T x``: ``g (..., O)``, ``x (..., I)`` -> ``(O, I)``."""
+    if _batch_major(x):  # rows in x's memory order: copy g, not x
+        g, x = g.transpose(0, 1), x.transpose(0, 1)
     return g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
 
 
@@ -92,12 +139,14 @@ class _RSSMScan(torch.autograd.Function):
         n_s, n_r = state0.shape[-1], belief0.shape[-1]
         w1_s, w4_h = w1[:, :n_s], w4[:, :n_r]
         # the non-recurrent halves of the two input layers, for all steps at once: (T, *B, H)
-        pre1 = F.linear(action.to(state0.dtype), w1[:, n_s:], b1)
-        pre4 = F.linear(embedding.to(state0.dtype), w4[:, n_r:], b4)
+        pre1 = _matmul(action.to(state0.dtype), w1[:, n_s:], b1)
+        pre4 = _matmul(embedding.to(state0.dtype), w4[:, n_r:], b4)
+        sizes = _act_sizes(n_s, n_r, w1.shape[0])
+        pad = _wide_pad(state0, sum(sizes))  # (scan traces the step: decided out here)
 
         def step(carry, x):
             s, h = carry  # the latent entering the step, reset already applied
-            p1, p4, eps, rs_next = x
+            p1, p4, eps, *rs_next = x  # rs_next: [reset of the next step] or [] (no resets)
             x1 = F.elu(F.linear(s, w1_s) + p1)  # (*B, H)
             i_r, i_z, i_n = F.linear(x1, wih, bih).chunk(3, -1)  # (*B, R) each
             h_r, h_z, h_n = F.linear(h, whh, bhh).chunk(3, -1)
@@ -109,22 +158,21 @@ class _RSSMScan(torch.autograd.Function):
             qm, qraw = F.linear(x4, w5, b5).chunk(2, -1)  # (*B, S) each
             qs = F.softplus(qraw) + lb_q
             s1 = qm + qs * eps
-            carry = (s1.masked_fill(rs_next, 0), h1.masked_fill(rs_next, 0))
+            carry = (s1, h1) if not rs_next else (s1.masked_fill(rs_next[0], 0),
+                                                   h1.masked_fill(rs_next[0], 0))
             # one packed output per step: scan stores each output of each step separately
-            return carry, torch.cat([qm, qs, s1, h1, x1, r, z, n, h_n, x4, qraw], -1)
+            return carry, _packed([s, h, qm, qs, s1, h1, x1, r, z, n, h_n, x4, qraw], pad)
 
-        # the reset of step t + 1 is applied to the carry leaving step t
-        reset_next = torch.cat([reset[1:], torch.zeros_like(reset[:1])])
-        s0, h0 = state0.masked_fill(reset[0], 0), belief0.masked_fill(reset[0], 0)
-        _, packed = scan(step, (s0, h0), (pre1, pre4, noise, reset_next))  # (T, *B, 6S + 6R + 2H)
-        n_h = w1.shape[0]
-        qm, qs, s1, h1, *_ = packed.split(_act_sizes(n_s, n_r, n_h), -1)
+        xs, s0, h0 = [pre1, pre4, noise], state0, belief0
+        if reset is not None:  # the reset of step t + 1 is applied to the carry leaving step t
+            xs.append(torch.cat([reset[1:], torch.zeros_like(reset[:1])]))
+            s0, h0 = state0.masked_fill(reset[0], 0), belief0.masked_fill(reset[0], 0)
+        _, packed_w = scan(step, (s0, h0), xs)
+        s_in, h_in, qm, qs, s1, h1, *_ = _from_wide(packed_w, s0.dtype, sum(sizes)).split(sizes, -1)
         # the prior head is not part of the recurrence: all steps at once
         x2 = F.elu(F.linear(h1, w2, b2))
         pm, praw = F.linear(x2, w3, b3).chunk(2, -1)
-        s_in = torch.cat([s0[None], s1[:-1].masked_fill(reset_next[:-1], 0)])  # (T, *B, S)
-        h_in = torch.cat([h0[None], h1[:-1].masked_fill(reset_next[:-1], 0)])
-        ctx.save_for_backward(action, embedding, reset, noise, packed, s_in, h_in, x2, praw, *w)
+        ctx.save_for_backward(action, embedding, reset, noise, packed_w, x2, praw, *w)
         ctx.set_materialize_grads(False)
         return pm, F.softplus(praw) + lb_p, qm, qs, s1, h1, s_in, h_in
 
@@ -133,11 +181,12 @@ class _RSSMScan(torch.autograd.Function):
     def backward(ctx, g_pm, g_ps, g_qm, g_qs, g_s1, g_h1, g_sin, g_hin):
         from torch._higher_order_ops.scan import scan
 
-        action, embedding, reset, noise, packed, s_in, h_in, x2, praw, *w = ctx.saved_tensors
+        action, embedding, reset, noise, packed_w, x2, praw, *w = ctx.saved_tensors
         w1, b1, wih, bih, whh, bhh, w2, b2, w3, b3, w4, b4, w5, b5 = w
-        n_s, n_r, n_h = s_in.shape[-1], h_in.shape[-1], w1.shape[0]
-        sizes = _act_sizes(n_s, n_r, n_h)
-        _, _, _, h1, x1, *_, x4, _ = packed.split(sizes, -1)  # (T, *B, .)
+        n_s, n_r, n_h = praw.shape[-1], whh.shape[-1], w1.shape[0]
+        dtype, sizes = praw.dtype, _act_sizes(n_s, n_r, n_h)
+        s_in, h_in, _, _, _, h1, x1, *_, x4, _ = _from_wide(packed_w, dtype, sum(sizes)).split(
+            sizes, -1)  # (T, *B, .)
         w1_s, w4_h = w1[:, :n_s], w4[:, :n_r]
         # the prior head, outside the recurrence: its gradient reaching h' for all steps
         g_p = g_u2 = None
@@ -155,9 +204,11 @@ class _RSSMScan(torch.autograd.Function):
 
         def step(carry, x):
             g_s_next, g_h_next = carry  # gradients w.r.t. the latent leaving this step
-            g_step, rs, eps, hin, acts = x
+            g_step, eps, t, *rs = x
+            acts = packed_w.index_select(0, t).squeeze(0)  # step t's row: (*B, W)
             g = dict(zip(keys, g_step.split(g_sizes, -1), strict=True)) if keys else {}
-            x1_, r_, z_, n_, hn_, x4_, qraw_ = acts.split(sizes[4:], -1)
+            _, hin, *_, x1_, r_, z_, n_, hn_, x4_, qraw_ = _from_wide(acts, dtype, sum(sizes)).split(
+                sizes, -1)
             gs = _optional_sum(g.get("s1"), g_s_next)
             gh = _optional_sum(g.get("h1"), g_h_next)
             # posterior head: s' = mu_q + sigma_q * eps
@@ -175,14 +226,20 @@ class _RSSMScan(torch.autograd.Function):
             g_h = _optional_sum(gh * z_ + torch.cat([g_ar, g_az, g_hn], -1) @ whh, g.get("hin"))
             g_u1 = (g_gi @ wih) * _elu_grad(x1_)
             g_s = _optional_sum(g_u1 @ w1_s, g.get("sin"))  # the action's part: after the scan
-            carry = (g_s.masked_fill(rs, 0), g_h.masked_fill(rs, 0))
-            return carry, torch.cat([g_q, g_u4, g_gi, g_hn, g_u1], -1)  # one packed output
+            carry = (g_s, g_h) if not rs else (g_s.masked_fill(rs[0], 0), g_h.masked_fill(rs[0], 0))
+            return carry, _packed([g_q, g_u4, g_gi, g_hn, g_u1], pad)  # one output
 
+        out_sizes = [2 * n_s, n_h, 3 * n_r, n_r, n_h]
+        pad = _wide_pad(praw[0], sum(out_sizes))
         zeros = (torch.zeros_like(s_in[0]), torch.zeros_like(h_in[0]))
-        acts = packed[..., sum(sizes[:4]):]  # what the step's backward reads: x1 ... rho_q
-        (g_state0, g_belief0), ys = scan(step, zeros, (g_packed, reset, noise, h_in, acts),
-                                         reverse=True)
-        g_q, g_u4, g_gi, g_hn, g_u1 = ys.split([2 * n_s, n_h, 3 * n_r, n_r, n_h], -1)  # time order
+        # a forward scan over reversed inputs (scan's reverse=True flips them, more slowly);
+        # the big activations are read a row per step rather than copied reversed in one go
+        t_rev = torch.arange(len(noise) - 1, -1, -1, device=noise.device)
+        xs = [_reversed(g_packed), _reversed(noise), t_rev[:, None],
+              *([] if reset is None else [_reversed(reset)])]
+        (g_state0, g_belief0), ys = scan(step, zeros, xs)
+        ys = _from_wide(_reversed(ys), dtype, sum(out_sizes))  # time order
+        g_q, g_u4, g_gi, g_hn, g_u1 = ys.split(out_sizes, -1)
         g_gh = torch.cat([g_gi[..., :2 * n_r], g_hn], -1)
         need = ctx.needs_input_grad
         # (layer's output gradient, its input in parts) for W1, Wih, Whh, W2, W3, W4, W5
@@ -195,8 +252,9 @@ class _RSSMScan(torch.autograd.Function):
                            if need_w and g_out is not None else None)
             grads_w.append(g_out.flatten(0, -2).sum(0) if need_b and g_out is not None else None)
         return (g_state0 if need[0] else None, g_belief0 if need[1] else None,
-                (g_u1 @ w1[:, n_s:]).to(action.dtype) if need[2] else None,
-                (g_u4 @ w4[:, n_r:]).to(embedding.dtype) if need[3] else None,
+                _matmul(g_u1, w1[:, n_s:].t(), like=action).to(action.dtype) if need[2] else None,
+                _matmul(g_u4, w4[:, n_r:].t(), like=embedding).to(embedding.dtype)
+                if need[3] else None,
                 None, None, None, None, *grads_w)
 
 
@@ -208,7 +266,8 @@ def rssm_scan(prior, posterior, state0: Tensor, belief0: Tensor, action: Tensor,
         prior, posterior: :class:`RSSMPrior` and :class:`RSSMPosterior` (checked by
             :func:`supports_rssm_scan`).
         state0 ``(*B, S)``, belief0 ``(*B, R)``: the latent entering step 0.
-        action ``(T, *B, A)``, embedding ``(T, *B, E)``, reset ``(T, *B, 1)`` bool, noise
+        action ``(T, *B, A)``, embedding ``(T, *B, E)``, reset ``(T, *B, 1)`` bool (the
+        latent entering step ``t`` is zeroed where ``reset[t]``; ``None``: no resets), noise
         ``(T, *B, S)``: time first.
 
     Returns:
