@@ -37,6 +37,7 @@ Everything runs side by side in one process, on the CPU, in float32, with one to
   - ``reverie``: ``reverie.algorithms.dreamer.make_models`` (``Config(pixels=True)``, the
     paper's sizes) on a spec-only env, with ``reverie.objectives.DreamerModelLoss``,
     ``DreamerActorLoss``, ``DreamerValueLoss`` called as in ``reverie.algorithms.dreamer.train``.
+    Its encoder and decoder run their convolutions channels-last (their default).
   - ``published``: TorchRL's ``ObsEncoder``, ``ObsDecoder``, ``RSSMPrior``,
     ``RSSMPosterior``, ``RSSMRollout``, ``DreamerActor``, ``WorldModelWrapper``,
     ``torchrl.envs.model_based.dreamer.DreamerEnv`` and ``torchrl.objectives.dreamer``
@@ -584,7 +585,8 @@ def format_markdown(rows: list[dict], meta: dict) -> str:
         f"{ACTION}; 2 warm-up calls, then {_rounds(s['rssm_repeats'])}. Update: one "
         f"Dreamer update from 64x64x3 pixels (world model + actor + value, each backward, "
         f"grad clip {GRAD_CLIP:g} and Adam), B = {s['update_batch']} x T = {T}, imagination horizon "
-        f"{HORIZON}, actor/value {ACTOR_HIDDEN} units, the same random batch for both; 1 warm-up "
+        f"{HORIZON}, actor/value {ACTOR_HIDDEN} units, the same random batch for both (Reverie's "
+        f"encoder and decoder run channels-last, their default; the published ones NCHW); 1 warm-up "
         f"update, then {_rounds(s['update_repeats'])}. Seconds are medians; \"ratio\" is the "
         "ratio of medians to the baseline (the plain loop for the RSSM, the published update for "
         "the update), \"paired ratio\" the median of the per-round ratios. \"first call\" includes "

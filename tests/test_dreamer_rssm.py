@@ -189,6 +189,27 @@ def test_networks_shapes():
     torch.testing.assert_close(scale, torch.full_like(scale, 5.0 + 1e-4), rtol=0.3, atol=0)
 
 
+def test_channels_last_convolutions_give_the_same_values_and_gradients():
+    pixels = torch.rand(2, 3, 3, 64, 64)
+    state, belief = torch.randn(2, 3, 5), torch.randn(2, 3, 7)
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        enc = ObsEncoder(4, in_channels=3, channels_last=channels_last)
+        dec = ObsDecoder(2, latent_dim=12, channels_last=channels_last)
+        emb, reco = enc(pixels), dec(state, belief)
+        assert reco.is_contiguous() and reco.shape == (2, 3, 3, 64, 64)
+        (emb.square().sum() + (reco - pixels).square().sum()).backward()
+        grads = [p.grad for p in [*enc.parameters(), *dec.parameters()]]
+        results.append((emb.detach(), reco.detach(), grads))
+    assert dec.decoder[0].weight.is_contiguous(memory_format=torch.channels_last)
+    (emb0, reco0, grads0), (emb1, reco1, grads1) = results
+    torch.testing.assert_close(emb1, emb0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reco1, reco0, rtol=1e-5, atol=1e-6)
+    for g0, g1 in zip(grads0, grads1, strict=True):
+        torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
+
+
 class _PriorSubclass(RSSMPrior):
     """Not RSSMPrior itself: use_scan falls back to torch's scan autograd."""
 
