@@ -175,13 +175,13 @@ class RSSMRollout(TensorDictModuleBase):
       :func:`reverie.modules.rssm_scan.rssm_scan`: a forward scan without autograd that
       keeps the step's activations, and a reverse scan of the step's hand-derived
       vector-Jacobian product; the layers outside the recurrence (the prior head, the
-      embedding's and action's halves of the input layers) run on all steps at once. About
-      as fast as the loop (0.96-1.17x the plain loop over nine benchmark runs, median
-      1.11x). For other modules (subclasses) it falls back to torch's scan autograd, which
-      re-traces and re-partitions the step at every call (about 7x slower than the loop);
+      embedding's and action's halves of the input layers) run on all steps at once.
+      0.89-0.95x the plain loop over seven benchmark runs. For other modules (subclasses)
+      it falls back to torch's scan autograd, which re-traces and re-partitions the step
+      at every call (about 7x slower than the loop);
     * ``compile_step=True``: the loop over a ``torch.compile``-d step function;
     * ``use_scan=True, compile_step=True``: the scan rollout compiled whole with Inductor
-      on the first call (Inductor turns each scan into a ``while_loop``): 0.80-0.90x the
+      on the first call (Inductor turns each scan into a ``while_loop``): 0.79-0.94x the
       plain loop. The fallback for other modules compiles torch's scan autograd, saving
       only the carries and recomputing the step in the backward (about 1.6x).
       See ``docs/results/benchmarks/dreamer.md``.
