@@ -32,8 +32,8 @@ class ObsEncoder(nn.Module):
         num_layers: stride-2 convolutions (kernel 4).
         in_channels: image channels (``None``: inferred at the first call).
         channels_last: run the convolutions on channels-last (NHWC) images, which oneDNN
-            runs about 1.5x faster on the CPU than NCHW (forward and backward, 64x64 RGB);
-            PyTorch recommends it for convolutional networks on GPUs too. The output
+            runs about 1.5x faster on the CPU than NCHW (forward and backward, 64x64 RGB;
+            untested here on GPUs, where PyTorch advises it with Tensor Cores). The output
             does not depend on it.
 
     Attributes:

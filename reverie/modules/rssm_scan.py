@@ -259,7 +259,7 @@ class _RSSMScan(torch.autograd.Function):
 
 
 def rssm_scan(prior, posterior, state0: Tensor, belief0: Tensor, action: Tensor,
-              embedding: Tensor, reset: Tensor, noise: Tensor) -> tuple[Tensor, ...]:
+              embedding: Tensor, reset: Tensor | None, noise: Tensor) -> tuple[Tensor, ...]:
     """Filter ``T`` steps with a forward and a reverse ``scan`` (see the module docstring).
 
     Args:
