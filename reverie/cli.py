@@ -5,7 +5,7 @@ Usage::
     reverie train ALGO [--env ENV] [--seed N] [--preset NAME ...] [field=value ...]
     reverie train ALGO --help                 # every config field, its default and presets
     reverie train --resume RUN_DIR [field=value ...]
-    reverie eval RUN_DIR [field=value ...]
+    reverie eval RUN_DIR [--episodes N] [--seed S] [--device D] [field=value ...]
     reverie plot RUN_DIR [RUN_DIR ...] [--out FILE] [--keys PATTERN ...]
     reverie seeds ALGO --env ENV --seeds 0 1 2 [--jobs 2] [--threshold X] --out DIR [...]
 
@@ -17,7 +17,6 @@ value, a recipe module that cannot be imported, not a run folder), 130 interrupt
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from reverie.runs import (
     resolve_config,
 )
 from reverie.runs.seeds import run_seeds
+from reverie.training import evaluate_run
 
 __all__ = ["main"]
 
@@ -99,11 +99,17 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
 
     evaluate = sub.add_parser(
         "eval",
-        help="evaluate a trained run with its recipe's evaluate()",
-        description="Call the recipe's evaluate(config) on a finished (or checkpointed) run. "
-        "The config is the run's saved config with run_dir=RUN_DIR, plus field=value overrides.",
+        help="evaluate a trained run's checkpoint into RUN_DIR/eval/<time>/",
+        description="Load the run's agent (its saved config plus field=value overrides) and "
+        "run seeded greedy episodes. Writes returns.csv, summary.json and returns.png under "
+        "RUN_DIR/eval/<YYYYmmdd-HHMMSS>/ and never touches the training outputs. The same seed "
+        "gives the same returns (bit for bit on the CPU); with the run's seed and episode "
+        "count they equal the final evaluation of training.",
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--episodes", type=int, help="episodes (default: the run's eval_episodes)")
+    evaluate.add_argument("--seed", type=int, help="evaluation seed (default: the run's seed)")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
     evaluate.add_argument("overrides", nargs="*", metavar="field=value")
 
     plot = sub.add_parser(
@@ -122,9 +128,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         "seeds",
         help="train several seeds as parallel processes and collect a learning result",
         description="Run `reverie train ALGO` once per seed (--jobs processes at a time, one "
-        "torch thread each), resume unfinished seeds, then write seed_<s>.csv, "
-        "learning_curve.png and summary.json (command, seeds, env_steps, eval_return, "
-        "threshold, wall_clock_s) into --out.",
+        "torch thread each) into --runs-root/seed_<s>, resume unfinished seeds, then write "
+        "seed_<s>.csv, learning_curve.png and summary.json (command, seeds, env_steps, "
+        "eval_return, threshold, wall_clock_s, commit, seed_commands, seed_commits) into "
+        "--out. Settings are never mixed: an existing seed folder made with other settings "
+        "(any config field except run_dir, resume, progress, tensorboard, checkpoint_every) "
+        "is refused before anything runs; use a new --runs-root or delete the folder.",
     )
     seeds.add_argument("algo", metavar="ALGO")
     seeds.add_argument("--env", required=True, help="environment id")
@@ -229,27 +238,18 @@ def _train(args: argparse.Namespace, extra: list[str], parser: argparse.Argument
 
 
 def _eval(args: argparse.Namespace) -> int:
-    algo, saved = _read_run(args.run_dir)
-    module = _load(algo)
-    evaluate = getattr(module, "evaluate", None)
-    if evaluate is None:
-        print(
-            f"reverie eval: error: the {algo!r} recipe ({module.__name__}) has no "
-            "evaluate(config) function.",
-            file=sys.stderr,
-        )
-        return 2
+    algo, _ = _read_run(args.run_dir)
+    _load(algo)  # a clear error for a recipe that cannot be imported
     try:
-        base = config_from_dict(module.Config, saved)
-        config = resolve_config(module.Config, [], args.overrides, base=base)
-    except ValueError as err:
+        summary, folder = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed,
+                                       device=args.device, overrides=args.overrides)
+    except (ValueError, FileNotFoundError) as err:
         raise _UsageError(str(err)) from None
-    config = dataclasses.replace(config, run_dir=str(args.run_dir), resume=None)
-    result = evaluate(config)
     print(f"Evaluation of {args.run_dir} ({algo}):")
-    for name, value in (result or {}).items():
+    for name, value in summary.items():
         shown = f"{value:.6g}" if isinstance(value, float) else json.dumps(value, default=str)
         print(f"  {name}: {shown}")
+    print(f"Written to {folder}")
     return 0
 
 
@@ -268,13 +268,18 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _seeds(args: argparse.Namespace, argv: list[str]) -> int:
+    from reverie.runs.seeds import SeedSettingsError
+
     _load(args.algo)  # fail early on an unknown algorithm
-    summary = run_seeds(
-        args.algo, args.env, args.seeds, out_dir=args.out, presets=args.preset,
-        overrides=args.overrides, jobs=args.jobs, runs_root=args.runs_root,
-        threshold=args.threshold, metric=args.metric, extra_keys=args.extra,
-        command="reverie " + " ".join(argv),
-    )
+    try:
+        summary = run_seeds(
+            args.algo, args.env, args.seeds, out_dir=args.out, presets=args.preset,
+            overrides=args.overrides, jobs=args.jobs, runs_root=args.runs_root,
+            threshold=args.threshold, metric=args.metric, extra_keys=args.extra,
+            command="reverie " + " ".join(argv),
+        )
+    except SeedSettingsError as err:  # other settings in a seed folder, or a bad override
+        raise _UsageError(str(err)) from None
     print(json.dumps(summary, indent=2))
     print(f"Results: {args.out}")
     return 0

@@ -1,17 +1,37 @@
-"""`reverie seeds`: parallel seed processes, resume, and the collected learning result."""
+"""`reverie seeds`: parallel seed processes, resume, provenance, and refusing mixed settings."""
 
 import json
+import re
+import shutil
+
+import pytest
 
 from reverie.cli import main
+from reverie.runs.seeds import PROVENANCE_FILE, code_commit
+
+COMMIT = re.compile(r"^([0-9a-f]{40}(-dirty)?|unknown)$")
+TINY = ["iterations=1", "random_episodes=1", "max_episode_steps=40", "fit_steps=20",
+        "diagnostics_horizon=10", "plan_candidates=16"]
 
 
-def test_seeds_runs_processes_and_writes_the_result_folder(tmp_path):
-    out, root = tmp_path / "result", tmp_path / "runs"
-    argv = ["seeds", "worldmodel", "--env", "Pendulum-v1", "--seeds", "0", "1", "--jobs", "2",
+def _argv(out, root, *overrides):
+    return ["seeds", "worldmodel", "--env", "Pendulum-v1", "--seeds", "0", "1", "--jobs", "2",
             "--preset", "debug", "--threshold", "-2000", "--out", str(out),
-            "--runs-root", str(root), "iterations=1", "random_episodes=1",
-            "max_episode_steps=40", "fit_steps=20", "diagnostics_horizon=10", "plan_candidates=16"]
+            "--runs-root", str(root), *overrides]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One `reverie seeds` call with two tiny seeds: (argv, out folder, runs root)."""
+    tmp = tmp_path_factory.mktemp("seeds")
+    out, root = tmp / "result", tmp / "runs"
+    argv = _argv(out, root, *TINY)
     assert main(argv) == 0
+    return argv, out, root
+
+
+def test_seeds_runs_processes_and_writes_the_result_folder(finished):
+    argv, out, root = finished
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 1]
     assert summary["env_steps"] == [80, 80]
@@ -19,6 +39,15 @@ def test_seeds_runs_processes_and_writes_the_result_folder(tmp_path):
     assert summary["passed"] == [r >= -2000 for r in summary["eval_return"]]
     assert all(w > 0 for w in summary["wall_clock_s"])
     assert summary["command"] == "reverie " + " ".join(argv)
+    # where the numbers come from: one `reverie train` per seed, at one commit
+    assert COMMIT.match(summary["commit"])
+    assert summary["seed_commits"] == [[summary["commit"]], [summary["commit"]]]
+    for seed, cmds in zip([0, 1], summary["seed_commands"], strict=True):
+        assert cmds == [
+            "reverie train worldmodel --env Pendulum-v1 --seed "
+            f"{seed} --preset debug {' '.join(TINY)} run_dir={root / f'seed_{seed}'} "
+            "progress=false"
+        ]
     for name in ["seed_0.csv", "seed_1.csv", "learning_curve.png"]:
         assert (out / name).stat().st_size > 0
     # seeds differ (they are seeded), and a second call does not train again
@@ -26,6 +55,74 @@ def test_seeds_runs_processes_and_writes_the_result_folder(tmp_path):
     before = (root / "seed_0" / "summary.json").stat().st_mtime
     assert main(argv) == 0
     assert (root / "seed_0" / "summary.json").stat().st_mtime == before
+    assert json.loads((out / "summary.json").read_text())["seed_commands"] == (
+        summary["seed_commands"]
+    )
+
+
+def test_seeds_records_provenance_in_each_run_folder(finished):
+    argv, out, root = finished
+    summary = json.loads((out / "summary.json").read_text())
+    for i, seed in enumerate([0, 1]):
+        entries = json.loads((root / f"seed_{seed}" / PROVENANCE_FILE).read_text())
+        assert len(entries) == 1  # reusing a finished seed launches nothing
+        (entry,) = entries
+        assert set(entry) >= {"command", "commit", "started"}
+        assert entry["command"] == summary["seed_commands"][i][0]
+        assert entry["commit"] == summary["seed_commits"][i][0]
+        assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", entry["started"])
+
+
+def test_code_commit_names_the_checkout():
+    assert COMMIT.match(code_commit())
+
+
+def test_seeds_refuses_a_folder_made_with_other_settings(finished, capsys):
+    argv, out, root = finished
+    watched = [root / "seed_0" / "summary.json", root / "seed_0" / PROVENANCE_FILE,
+               root / "seed_0.log", out / "summary.json"]
+    before = [p.stat().st_mtime_ns for p in watched]
+    other = [t.replace("fit_steps=20", "fit_steps=30") for t in TINY]
+    capsys.readouterr()
+    assert main(_argv(out, root, *other)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reverie seeds: error: ")
+    for seed in [0, 1]:
+        assert f"seed {seed}: {root / f'seed_{seed}'}" in err
+    assert "fit_steps: folder has 20, this command gives 30" in err
+    assert "--runs-root" in err and "delete" in err
+    assert [p.stat().st_mtime_ns for p in watched] == before
+    # a preset is a setting too; fields that do not change results are not compared
+    assert main(["seeds", "worldmodel", "--env", "Pendulum-v1", "--seeds", "0", "--out",
+                 str(out), "--runs-root", str(root), *TINY]) == 2
+    assert "seed 0:" in capsys.readouterr().err
+    assert main(_argv(out, root, *TINY, "tensorboard=false", "checkpoint_every=7",
+                      "progress=true")) == 0
+    assert (root / "seed_0" / "summary.json").stat().st_mtime_ns == before[0]
+
+
+def test_seeds_rejects_a_bad_override_before_running(tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert main(_argv(tmp_path / "out", root, "no_such_field=1")) == 2
+    assert "no_such_field" in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_seeds_resumes_an_unfinished_seed_and_records_the_continuation(finished, tmp_path):
+    argv, out, root = finished
+    copy = tmp_path / "runs"
+    shutil.copytree(root / "seed_1", copy / "seed_1")  # its config.json names the old run_dir
+    (copy / "seed_1" / "summary.json").unlink()  # as if stopped after its last checkpoint
+    new_out = tmp_path / "result"
+    argv = ["seeds", "worldmodel", "--env", "Pendulum-v1", "--seeds", "1", "--preset", "debug",
+            "--out", str(new_out), "--runs-root", str(copy), *TINY]
+    assert main(argv) == 0
+    summary = json.loads((new_out / "summary.json").read_text())
+    first, resumed = summary["seed_commands"][0]
+    assert first.startswith("reverie train worldmodel ")
+    assert resumed == f"reverie train --resume {copy / 'seed_1'}"
+    assert len(summary["seed_commits"][0]) == 2
+    assert len(json.loads((copy / "seed_1" / PROVENANCE_FILE).read_text())) == 2
 
 
 def test_seeds_rejects_unknown_algorithm(tmp_path, capsys):
