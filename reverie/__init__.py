@@ -11,3 +11,10 @@ Subpackages:
 """
 
 __version__ = "0.1.0"
+
+
+def load_agent(run_dir, **kwargs):
+    """Load a trained agent from a run folder; see :func:`reverie.training.load_agent`."""
+    from reverie.training import load_agent as _load
+
+    return _load(run_dir, **kwargs)

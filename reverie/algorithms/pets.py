@@ -29,22 +29,24 @@ the open-loop errors ``wm/obs_rmse@k`` of the mean prediction.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
-from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 
+from reverie import training
 from reverie.diagnostics import run_diagnostics
 from reverie.envs import WorldModelEnv, known_termination, reward_module, termination_module
 from reverie.envs.known_models import KNOWN_REWARDS
 from reverie.modules import EnsembleDynamics, WorldModel, mlp
 from reverie.objectives import EnsembleNLLLoss, WorldModelLoss, fit_ensemble
 from reverie.planners import CEMPlanner, ICEMPlanner, MPPIPlanner, PlannerPolicy, rollout_objective
-from reverie.runs import Run, RunConfig, cfg, load_checkpoint
+from reverie.runs import RunConfig, cfg
+from reverie.training import Agent, Schedule, make_replay_buffer
 
 NAME = "pets"
 
@@ -130,24 +132,12 @@ def make_world_model(config: Config, obs_dim: int, action_dim: int):
     return world_model, dynamics
 
 
-def make_env(name: str):
+def make_env(config: Config):
     """The Gymnasium task; float64 observations (MuJoCo) are cast to float32."""
-    env = GymEnv(name)
+    env = GymEnv(config.env)
     if any(spec.dtype == torch.float64 for spec in env.observation_spec.values(True, True)):
         env = TransformedEnv(env, DoubleToFloat())
     return env
-
-
-def make_policy(config: Config, world_model: WorldModel, env) -> PlannerPolicy:
-    """MPC: plan in a WorldModelEnv from each real observation, act with the first action."""
-    imagination = WorldModelEnv(world_model, env)
-    planner = make_planner(config, imagination.action_spec)
-
-    def objective_factory(td):  # real observation (*E,) -> objective over (*E, N, H, A)
-        start = world_model.encode(td.select("observation"))
-        return rollout_objective(imagination, start, particles=config.particles)
-
-    return PlannerPolicy(planner, objective_factory)
 
 
 def make_planner(config: Config, action_spec):
@@ -162,147 +152,102 @@ def make_planner(config: Config, action_spec):
                        temperature=config.mppi_temperature)
 
 
-# ----------------------------------------------------------------------------- recipe
-def train(config: Config) -> dict:
-    """Run PETS; returns the final metrics (also written to ``summary.json``)."""
-    run = Run(NAME, config)
-    config = run.config
-    env = make_env(config.env)
-    obs_dim = env.observation_spec["observation"].shape[-1]
-    action_dim = env.action_spec.shape[-1]
+# ----------------------------------------------------------------------------- agent
+class PlanInImagination(nn.Module):
+    """``td (*E,) -> objective``: encode each real observation, score action sequences by
+    their imagined return over ``particles`` trajectory samples in ``imagination``."""
 
-    world_model, dynamics = make_world_model(config, obs_dim, action_dim)
-    nll_loss = EnsembleNLLLoss(dynamics)
-    model_optim = torch.optim.Adam(dynamics.parameters(), lr=config.lr,
-                                   weight_decay=config.weight_decay)
-    reward_loss = reward_optim = None
-    if config.reward == "learned":
-        reward_loss = WorldModelLoss(world_model, losses=["reward"])
-        reward_optim = torch.optim.Adam(world_model.reward_head.parameters(), lr=config.lr)
+    def __init__(self, world_model: WorldModel, imagination: WorldModelEnv, particles: int) -> None:
+        super().__init__()
+        self.world_model, self.imagination, self.particles = world_model, imagination, particles
 
-    policy = make_policy(config, world_model, env)
-    buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size), batch_size=256)
+    def forward(self, td):
+        start = self.world_model.encode(td.select("observation").to(self.imagination.device))
+        return rollout_objective(self.imagination, start, particles=self.particles)
 
-    step, episode, final_fit, state = 0, 0, False, run.load()
-    if state is not None:
-        world_model.load_state_dict(state["model"])
-        model_optim.load_state_dict(state["model_optim"])
-        if reward_optim is not None:
-            reward_optim.load_state_dict(state["reward_optim"])
-        buffer.load_state_dict(state["buffer"])
-        step, episode, final_fit = state["step"], state["episode"], state["final_fit"]
 
-    def fit() -> dict:
-        data = buffer[:]
-        stats = fit_ensemble(
-            dynamics, nll_loss, model_optim, data, batch_size=config.batch_size,
-            max_epochs=config.max_epochs, holdout=config.holdout, patience=config.patience,
-        )
-        elite_mse = torch.tensor(stats["holdout_mse"])[stats["elite_idx"]].mean().item()
-        metrics = {"train/model_mse": elite_mse, "train/loss_nll": float(stats["train_nll"][-1]),
-                   "train/fit_epochs": stats["epochs"]}
-        if reward_loss is not None:
+class PETSAgent(Agent):
+    """The ensemble, its optimiser (and a reward head's), and the MPC policy that plans with it."""
+
+    def __init__(self, config: Config, env, device: torch.device) -> None:
+        super().__init__(device)
+        self.config = config
+        steps = config.max_episode_steps
+        self.schedule = Schedule(total_steps=config.episodes * steps, frames_per_batch=steps,
+                                 random_steps=config.random_episodes * steps, max_episode_steps=steps,
+                                 eval_episodes=config.eval_episodes)
+        obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+        self.world_model, self.dynamics = make_world_model(config, obs_dim, action_dim)
+        self.world_model.to(device)
+        self.nll_loss = EnsembleNLLLoss(self.dynamics)
+        self.optimizers["model"] = torch.optim.Adam(self.dynamics.parameters(), lr=config.lr,
+                                                    weight_decay=config.weight_decay)
+        self.reward_loss = None
+        if config.reward == "learned":
+            self.reward_loss = WorldModelLoss(self.world_model, losses=["reward"])
+            self.optimizers["reward"] = torch.optim.Adam(
+                self.world_model.reward_head.parameters(), lr=config.lr)
+        imagination = WorldModelEnv(self.world_model, env, device=device)
+        planner = make_planner(config, imagination.action_spec).to(device)
+        self.mpc = PlannerPolicy(planner, PlanInImagination(self.world_model, imagination,
+                                                            config.particles))
+
+    def policy(self, explore: bool) -> PlannerPolicy:
+        return self.mpc  # CEM's sampling is PETS's only exploration
+
+    def make_buffer(self):
+        return make_replay_buffer(self.config.buffer_size, self.config.batch_size, self.device)
+
+    def update(self, buffer, batch) -> dict:
+        """Refit the ensemble on all data (early stopping on a holdout; elites by holdout MSE)."""
+        c = self.config
+        stats = fit_ensemble(self.dynamics, self.nll_loss, self.optimizers["model"],
+                             buffer[:].to(self.device), batch_size=c.batch_size,
+                             max_epochs=c.max_epochs, holdout=c.holdout, patience=c.patience)
+        metrics = {"train/model_mse": torch.tensor(stats["holdout_mse"])[stats["elite_idx"]].mean().item(),
+                   "train/loss_nll": float(stats["train_nll"][-1]), "train/fit_epochs": stats["epochs"]}
+        if self.reward_loss is not None:
+            optim = self.optimizers["reward"]
             for _ in range(200):
-                loss = reward_loss(buffer.sample())["loss_reward"]
-                reward_optim.zero_grad()
+                loss = self.reward_loss(buffer.sample())["loss_reward"]
+                optim.zero_grad()
                 loss.backward()
-                reward_optim.step()
+                optim.step()
             metrics["train/loss_reward"] = loss.item()
         return metrics
 
-    def save() -> None:
-        state = {"step": step, "episode": episode, "final_fit": final_fit,
-                 "model": world_model.state_dict(), "model_optim": model_optim.state_dict(),
-                 "buffer": buffer.state_dict()}
-        if reward_optim is not None:
-            state["reward_optim"] = reward_optim.state_dict()
-        run.save(state)
+    def diagnose(self, env, out_dir, seed: int) -> dict:
+        """Open-loop errors ``wm/obs_rmse@k`` of the ensemble's mean on a held-out random episode."""
+        errors = diagnose(self.world_model, self.dynamics, env, self.config, out_dir, seed)
+        h = len(errors["obs_rmse"])
+        return {f"wm/obs_rmse@{k}": errors["obs_rmse"][k - 1] for k in sorted({1, min(10, h), h})}
 
-    @torch.no_grad()
-    def episode_with(policy_or_none, seed: int):
-        env.set_seed(seed)
-        if policy_or_none is not None:
-            policy_or_none.reset()
-        return env.rollout(config.max_episode_steps, policy_or_none)
 
-    bar = run.progress(config.episodes * config.max_episode_steps, "env steps")  # from `step`
-    while episode < config.episodes:
-        metrics = {}
-        random = episode < config.random_episodes
-        if not random:
-            metrics.update(fit())
-        data = episode_with(None if random else policy, config.seed * 1000 + episode)
-        buffer.extend(data)
-        episode += 1
-        step += data.numel()
-        bar.update(data.numel())
-        metrics["train/episode_return"] = data["next", "reward"].sum().item()
-        run.log(metrics, step)
-        run.progress_postfix(run.latest)
-        if run.checkpoint_due(step) or episode == config.episodes:
-            save()
-    bar.close()
+def make_agent(config: Config, env, device: torch.device) -> PETSAgent:
+    return PETSAgent(config, env, device)
 
-    # ------------------------------------------------------------------ evaluation
-    if not final_fit and config.episodes > config.random_episodes:
-        fit()  # the last episode's data was collected after the last fit
-        final_fit = True
-        save()
-    returns = evaluate_policy(policy, env, config)
-    eval_return = sum(returns) / len(returns)
-    run.log({"eval/return": eval_return}, step)
-    errors = diagnose(world_model, dynamics, env, config, run.path("diagnostics"))
-    h = len(errors["obs_rmse"])
-    summary = {
-        "env_steps": step, "eval/return": eval_return, "eval/returns": returns,
-        **{f"wm/obs_rmse@{k}": errors["obs_rmse"][k - 1] for k in sorted({1, min(10, h), h})},
-    }
-    return run.finish(summary)
+
+def train(config: Config) -> dict:
+    """Run PETS with the shared loop; returns the final metrics (also in ``summary.json``)."""
+    return training.train(NAME, config, make_env, make_agent)
 
 
 @torch.no_grad()
-def evaluate_policy(policy: PlannerPolicy, env, config: Config) -> list[float]:
-    """Returns of ``eval_episodes`` planner episodes from fixed, seed-dependent start states."""
-    returns = []
-    for i in range(config.eval_episodes):
-        env.set_seed(10_000 + 1000 * config.seed + i)
-        policy.reset()
-        returns.append(env.rollout(config.max_episode_steps, policy)["next", "reward"].sum().item())
-    return returns
-
-
-def evaluate(config: Config) -> dict:
-    """Evaluate the checkpoint in ``config.run_dir`` (used by ``reverie eval``)."""
-    state = load_checkpoint(f"{config.run_dir}/checkpoint.pt")
-    if state is None:
-        raise FileNotFoundError(f"No checkpoint.pt in {config.run_dir}.")
-    env = make_env(config.env)
-    world_model, _ = make_world_model(
-        config, env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
-    )
-    world_model.load_state_dict(state["model"])
-    returns = evaluate_policy(make_policy(config, world_model, env), env, config)
-    return {"eval/return": sum(returns) / len(returns), "eval/returns": returns,
-            "env_steps": state["step"]}
-
-
-def diagnose(world_model, dynamics, env, config: Config, out_dir) -> dict:
-    """Open-loop diagnostics of the ensemble's mean prediction on a held-out random episode."""
-    env.set_seed(50_000 + config.seed)
-    with torch.no_grad():
-        held_out = env.rollout(max(config.max_episode_steps, config.diagnostics_horizon + 1),
-                               break_when_any_done=False)
+def diagnose(world_model, dynamics, env, config: Config, out_dir, seed: int) -> dict:
+    """Open-loop diagnostics of the ensemble's mean prediction on a held-out random episode
+    (on a CPU copy of the model)."""
+    env.set_seed(seed)
+    held_out = env.rollout(max(config.max_episode_steps, config.diagnostics_horizon + 1),
+                           break_when_any_done=False)
     # random actions end early on tasks that terminate: shorten H to the longest episode
     ends = held_out["next", "done"].reshape(-1).nonzero().flatten().tolist()
     bounds = [-1, *ends, held_out.shape[0] - 1]
     longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
-    sample, propagation = dynamics.sample, dynamics.propagation
-    dynamics.sample, dynamics.propagation = False, "mean"
-    try:
-        return run_diagnostics(
-            world_model, held_out, out_dir,
-            horizon=max(1, min(config.diagnostics_horizon, held_out.shape[0], longest)),
-            predicted_observation=("next", "latent"),
-        )
-    finally:
-        dynamics.sample, dynamics.propagation = sample, propagation
+    model = copy.deepcopy(world_model).cpu()
+    ensemble = model.dynamics.module
+    ensemble.sample, ensemble.propagation = False, "mean"
+    return run_diagnostics(
+        model, held_out, out_dir,
+        horizon=max(1, min(config.diagnostics_horizon, held_out.shape[0], longest)),
+        predicted_observation=("next", "latent"),
+    )

@@ -107,7 +107,20 @@ class RunConfig:
         "torch.set_num_threads value. Keep 1 for small models on CPU: small ops run "
         "30-50x slower when they are split across threads.",
     )
-    device: str = cfg("cpu", "Torch device for models and training (cpu, cuda, cuda:1, mps).")
+    device: str = cfg(
+        "cpu",
+        "Torch device of the models, sampled batches, losses and planners (cpu, cuda, cuda:1, "
+        "mps, or auto: cuda when present). Environments always run on the CPU.",
+    )
+    num_envs: int = cfg(1, "Environments stepped together as one batched env by each collector.")
+    vector_env: Literal["serial", "parallel"] = cfg(
+        "serial", "How num_envs > 1 envs run: serial (one process) or parallel (one process each)."
+    )
+    collector_workers: int = cfg(
+        0,
+        "Collector processes (TorchRL MultiSyncCollector, policy weights synced after every "
+        "update); 0 collects in the training process.",
+    )
     run_dir: str | None = cfg(
         None,
         "Run folder. Default: runs/<algo>/<env>/<YYYYmmdd-HHMMSS>-s<seed> under the "
@@ -128,6 +141,12 @@ class RunConfig:
     )
 
     PRESETS: ClassVar[dict[str, dict[str, object]]] = {}
+
+    def __post_init__(self) -> None:
+        for name, low in (("num_threads", 1), ("num_envs", 1), ("collector_workers", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
 
 
 # ----------------------------------------------------------------------------- types

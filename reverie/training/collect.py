@@ -1,0 +1,120 @@
+"""Real-data collection through TorchRL: wrapped envs, batched envs and collectors.
+
+Every env the loop runs is the recipe's env wrapped as
+``TransformedEnv(env, Compose(StepCounter(max_steps), InitTracker(), RewardSum()))``:
+episodes are truncated at ``max_steps`` agent steps, ``is_init`` marks each episode's
+first step (stateful policies reset on it) and ``("next", "episode_reward")`` carries the
+running return (read when an episode ends, so returns spanning two batches are whole).
+
+``num_envs=N`` runs N envs as one batched env (``SerialEnv`` or ``ParallelEnv``);
+``collector_workers=W`` runs W collector processes (``MultiSyncCollector``) whose policy
+weights are synced after every update. The collected batch is flattened env by env (each
+env's steps stay contiguous in the buffer) and every frame gets a global ``episode`` id
+(unique over the whole run, resumes included), which sequence samplers use as ``traj_key``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector, MultiSyncCollector, RandomPolicy
+from torchrl.envs import (
+    Compose,
+    EnvBase,
+    InitTracker,
+    ParallelEnv,
+    RewardSum,
+    SerialEnv,
+    StepCounter,
+    TransformedEnv,
+)
+
+__all__ = ["wrap_env", "make_collector", "flatten_batch", "finished_episode_returns", "EPISODE_KEY"]
+
+#: the key of the global episode id written into every stored frame
+EPISODE_KEY = "episode"
+
+
+def wrap_env(env: EnvBase, max_steps: int) -> TransformedEnv:
+    """``env`` with a ``StepCounter(max_steps)``, an ``InitTracker`` and a ``RewardSum``."""
+    return TransformedEnv(env, Compose(StepCounter(max_steps), InitTracker(), RewardSum()))
+
+
+class EnvFactory:
+    """Picklable ``() -> env``: the recipe's ``make_env(config)``, wrapped, maybe batched."""
+
+    def __init__(self, make_env: Callable, config, max_steps: int, num_envs: int = 1,
+                 vector_env: Literal["serial", "parallel"] = "serial") -> None:
+        self.make_env, self.config, self.max_steps = make_env, config, max_steps
+        self.num_envs, self.vector_env = num_envs, vector_env
+
+    def single(self) -> TransformedEnv:
+        return wrap_env(self.make_env(self.config), self.max_steps)
+
+    def __call__(self) -> EnvBase:
+        if self.num_envs == 1:
+            return self.single()
+        cls = ParallelEnv if self.vector_env == "parallel" else SerialEnv
+        return cls(self.num_envs, self.single)
+
+
+def make_collector(
+    env_factory: EnvFactory,
+    policy,
+    frames_per_batch: int,
+    *,
+    workers: int = 0,
+    policy_device: torch.device | None = None,
+    seed: int = 0,
+):
+    """A TorchRL collector of ``frames_per_batch`` agent steps per batch (all envs, all workers).
+
+    Args:
+        env_factory: builds the (batched) env; sent to worker processes when ``workers > 0``.
+        policy: the acting module, or ``None`` for uniform random actions.
+        frames_per_batch: agent steps per batch; must divide evenly among envs and workers.
+        workers: 0 runs the collector in this process; ``W >= 1`` runs ``W`` processes.
+        policy_device: where the policy runs (envs stay on the CPU).
+        seed: seeds the envs (each env and worker gets its own derived seed).
+    """
+    envs = env_factory.num_envs * max(workers, 1)
+    if frames_per_batch % envs:
+        raise ValueError(
+            f"frames_per_batch={frames_per_batch} agent steps cannot be split evenly over "
+            f"{env_factory.num_envs} env(s) x {max(workers, 1)} worker(s); choose num_envs and "
+            "collector_workers that divide it.")
+    if policy is None:
+        policy = RandomPolicy(env_factory().full_action_spec)
+    common = {"frames_per_batch": frames_per_batch, "total_frames": -1,
+              "env_device": "cpu", "storing_device": "cpu", "policy_device": policy_device}
+    if workers:
+        collector = MultiSyncCollector([env_factory] * workers, policy, **common)
+    else:
+        collector = Collector(env_factory, policy, **common)
+    collector.set_seed(seed)
+    return collector
+
+
+def flatten_batch(batch: TensorDictBase, episode_offset: int) -> tuple[TensorDictBase, int]:
+    """Flatten a collector batch ``(*W, *E, T)`` to ``(N,)`` env by env, with global episode ids.
+
+    Each env's steps stay contiguous and in time order. ``("collector", "traj_ids")`` are
+    shifted by ``episode_offset`` into ``"episode"``.
+
+    Returns:
+        ``(flat batch, next free episode id)``.
+    """
+    flat = batch.reshape(-1)
+    traj = flat.get(("collector", "traj_ids"))
+    flat.set(EPISODE_KEY, traj.to(torch.int64) + episode_offset)
+    return flat, int(flat.get(EPISODE_KEY).max().item()) + 1
+
+
+def finished_episode_returns(flat: TensorDictBase) -> list[float]:
+    """Returns of the episodes that ended in this batch (``RewardSum``'s running total)."""
+    done = flat.get(("next", "done")).reshape(-1)
+    totals = flat.get(("next", "episode_reward")).reshape(done.shape[0], -1).sum(-1)
+    return totals[done].tolist()

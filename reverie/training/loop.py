@@ -1,0 +1,184 @@
+"""The one training loop every recipe runs: collect -> store -> update -> evaluate -> checkpoint -> log.
+
+A recipe provides ``make_env(config) -> EnvBase`` (the task, on the CPU) and
+``make_agent(config, env, device) -> Agent``; :func:`train` does the rest:
+
+1. :class:`~reverie.runs.Run` opens the run folder (or reopens it with ``resume=``), seeds
+   python/numpy/torch from ``config.seed`` and sets the thread count.
+2. ``config.device`` is resolved (``auto``: CUDA when present; a missing device is an error
+   at start); the agent is built there. Envs stay on the CPU.
+3. Until ``agent.schedule.total_steps`` env steps or ``agent.finished()``: a TorchRL
+   collector (random actions for the first ``schedule.random_steps``, then
+   ``agent.policy(explore=True)``) gives a batch of ``frames_per_batch`` agent steps over
+   ``num_envs`` envs and ``collector_workers`` processes; it is flattened env by env, given
+   global episode ids and stored (``agent.store``); the agent updates from the buffer
+   (policy weights are then synced to the workers); every ``schedule.eval_every`` env
+   steps the greedy policy is evaluated; metrics are logged and a checkpoint is written
+   every ``config.checkpoint_every`` env steps and at the end.
+4. A final evaluation (``schedule.eval_episodes`` seeded episodes), the agent's
+   diagnostics, ``summary.json`` and the learning curve.
+
+Checkpoints hold the agent's ``state_dict`` (modules, optimisers, counters), the filled part
+of the replay buffer, the loop's counters and the RNG states. A run killed at any point
+resumes from its last checkpoint: the metric rows logged after it are dropped and the data
+collected after it is collected again (envs are reseeded from the batch count, so the
+continuation is statistically, not bit-for-bit, the same as an uninterrupted run).
+
+Seeds come from :func:`~reverie.training.derive_seed` streams: ``train`` (collector envs,
+indexed by the batch at which a collector starts), ``eval`` (episode ``i`` of every
+evaluation), ``diagnostics``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torchrl.envs import EnvBase
+
+from reverie.runs import Run, RunConfig
+
+from .agent import Agent
+from .buffer import buffer_state_dict, load_buffer_state_dict
+from .collect import EnvFactory, finished_episode_returns, flatten_batch, make_collector
+from .device import resolve_device
+from .evaluate import episode_return, run_episodes
+from .seeding import derive_seed
+
+__all__ = ["train", "LoopState"]
+
+MakeEnv = Callable[[Any], EnvBase]
+MakeAgent = Callable[[Any, EnvBase, torch.device], Agent]
+
+
+@dataclasses.dataclass
+class LoopState:
+    """The loop's counters, saved in every checkpoint under ``"loop"``.
+
+    Attributes:
+        step: env steps collected (action repeats included).
+        batches: collector batches stored.
+        next_episode: the next free global episode id.
+        last_eval: ``step // eval_every`` at the last periodic evaluation.
+        updates: calls of ``agent.update``.
+    """
+
+    step: int = 0
+    batches: int = 0
+    next_episode: int = 0
+    last_eval: int = 0
+    updates: int = 0
+
+
+def _check_agent(agent: Agent, device: torch.device) -> None:
+    if not isinstance(agent, Agent):
+        raise TypeError(f"make_agent must return a reverie.training.Agent, got {type(agent).__name__}.")
+    if not hasattr(agent, "schedule"):
+        raise AttributeError(f"{type(agent).__name__} has no `schedule`; set self.schedule = Schedule(...).")
+    for name, tensor in [*agent.named_parameters(), *agent.named_buffers()]:
+        if tensor.device.type != device.type:
+            raise RuntimeError(
+                f"{type(agent).__name__}.{name} is on {tensor.device}, the run's device is {device}; "
+                "build every module with the device given to make_agent (or call agent.to(device)).")
+
+
+def train(name: str, config: RunConfig, make_env: MakeEnv, make_agent: MakeAgent) -> dict[str, Any]:
+    """Train the agent of a recipe; returns the final summary (also in ``summary.json``).
+
+    Args:
+        name: the recipe's name (the run folder is ``runs/<name>/<env>/...``).
+        config: the recipe's config (a :class:`~reverie.runs.RunConfig` subclass).
+        make_env: ``make_env(config)`` -> the task env (CPU, unbatched).
+        make_agent: ``make_agent(config, env, device)`` -> an :class:`~reverie.training.Agent`.
+    """
+    device = resolve_device(config.device)  # before anything is created: a bad device fails first
+    run = Run(name, config)
+    config = run.config
+    try:
+        return _train(run, config, device, make_env, make_agent)
+    finally:
+        run.close()
+
+
+def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent: MakeAgent) -> dict:
+    env = make_env(config)
+    agent = make_agent(config, env, device)
+    _check_agent(agent, device)
+    schedule = agent.schedule
+    factory = EnvFactory(make_env, config, schedule.max_episode_steps, config.num_envs,
+                         config.vector_env)
+    buffer = agent.make_buffer()
+    loop = LoopState()
+    state = run.load()
+    if state is not None:
+        agent.load_state_dict(state["agent"])
+        load_buffer_state_dict(buffer, state["buffer"])
+        loop = LoopState(**state["loop"])
+
+    def save() -> None:
+        run.save({"step": loop.step, "loop": dataclasses.asdict(loop),
+                  "agent": agent.state_dict(), "buffer": buffer_state_dict(buffer)})
+
+    eval_env = EnvFactory(make_env, config, schedule.eval_steps).single()
+
+    def evaluate() -> tuple[list[float], list]:
+        episodes = run_episodes(agent, eval_env, schedule.eval_episodes, schedule.eval_steps,
+                                config.seed)
+        return [episode_return(ep) for ep in episodes], episodes
+
+    collector = it = None
+    random_phase = None
+    offset = loop.next_episode
+    bar = run.progress(schedule.total_steps, "env steps")
+    try:
+        while loop.step < schedule.total_steps and not agent.finished():
+            random = loop.step < schedule.random_steps
+            if collector is None or random != random_phase:
+                if collector is not None:
+                    collector.shutdown()
+                collector = make_collector(
+                    factory, None if random else agent.policy(explore=True),
+                    schedule.frames_per_batch, workers=config.collector_workers,
+                    policy_device=device, seed=derive_seed(config.seed, "train", loop.batches))
+                it, random_phase, offset = iter(collector), random, loop.next_episode
+            batch, loop.next_episode = flatten_batch(next(it), offset)
+            buffer.extend(agent.store(batch))
+            frames = batch.numel() * schedule.action_repeat
+            loop.step += frames
+            loop.batches += 1
+            bar.update(frames)
+            metrics: dict[str, float] = {}
+            returns = finished_episode_returns(batch)
+            if returns:
+                metrics["train/episode_return"] = sum(returns) / len(returns)
+            metrics.update(agent.batch_metrics(batch))
+            last = loop.step >= schedule.total_steps or agent.finished()
+            if loop.step >= schedule.random_steps and (agent.update_after_last_batch or not last):
+                metrics.update(agent.update(buffer, batch))
+                loop.updates += 1
+                if not random:
+                    collector.update_policy_weights_()
+            if schedule.eval_every and loop.step // schedule.eval_every > loop.last_eval:
+                loop.last_eval = loop.step // schedule.eval_every
+                returns, _ = evaluate()
+                metrics["eval/return"] = sum(returns) / len(returns)
+            run.log(metrics, loop.step)
+            run.progress_postfix(run.latest)
+            if run.checkpoint_due(loop.step) or last or agent.finished():
+                save()
+    finally:
+        if collector is not None:
+            collector.shutdown()
+    bar.close()
+
+    returns, episodes = evaluate() if schedule.eval_episodes else ([], [])
+    final = {"eval/return": sum(returns) / len(returns)} if returns else {}
+    final.update(agent.eval_metrics(episodes) if episodes else {})
+    if final:
+        run.log(final, loop.step)
+    diagnostics = agent.diagnose(factory.single(), run.path("diagnostics"),
+                                 derive_seed(config.seed, "diagnostics"))
+    return run.finish({"env_steps": loop.step, **final, "eval/returns": returns,
+                       **agent.counters(), **diagnostics})
