@@ -34,13 +34,13 @@ steps (with ``action_repeat``). Presets (the defaults are the paper's sizes):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
 from torch import nn
-from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import SliceSampler
 from torchrl.envs import (
     Compose,
@@ -53,6 +53,7 @@ from torchrl.envs import (
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ProbabilisticActor, TanhNormal
 
+from reverie import training
 from reverie.diagnostics import imagine_open_loop, plot_imagined_vs_real
 from reverie.envs import DreamerEnv
 from reverie.envs.image import ResizeImage
@@ -67,7 +68,8 @@ from reverie.modules import (
     mlp,
 )
 from reverie.objectives import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
-from reverie.runs import Run, RunConfig, cfg, load_checkpoint
+from reverie.runs import RunConfig, cfg
+from reverie.training import EPISODE_KEY, Agent, Schedule, make_replay_buffer
 
 NAME = "dreamer"
 
@@ -135,7 +137,7 @@ def make_env(config: Config):
 
 
 # ----------------------------------------------------------------------------- model
-def make_models(config: Config, env) -> dict[str, TensorDictModuleBase]:
+def make_models(config: Config, env, device: torch.device | str = "cpu") -> dict[str, TensorDictModuleBase]:
     """World model (encoder, RSSM, decoder, reward), imagination env, actor and value."""
     obs_key = "pixels" if config.pixels else "observation"
     S, R, H = config.state_dim, config.belief_dim, config.hidden
@@ -167,7 +169,7 @@ def make_models(config: Config, env) -> dict[str, TensorDictModuleBase]:
                              ["prior_mean", "prior_std", "state", "belief"]),
             TensorDictModule(reward, ["state", "belief"], ["reward"])),
         (S,), (R,), obs_decoder=TensorDictModule(decoder, ["state", "belief"], ["reco_" + obs_key]),
-        action_spec=action_spec)
+        action_spec=action_spec, device=device)
     actor = ProbabilisticActor(
         TensorDictModule(DreamerActor(action_spec.shape[-1], num_cells=config.actor_hidden,
                                       in_features=S + R), ["state", "belief"], ["loc", "scale"]),
@@ -178,6 +180,8 @@ def make_models(config: Config, env) -> dict[str, TensorDictModuleBase]:
         return_log_prob=config.entropy_weight > 0, log_prob_key="action_log_prob")
     value = TensorDictModule(_LatentMLP(mlp(S + R, 1, config.actor_hidden, depth=3, activation=nn.ELU)),
                              ["state", "belief"], ["state_value"])
+    for module in (world_model, actor, value):
+        module.to(device)
     return {"world_model": world_model, "imagination": imagination, "actor": actor,
             "value": value, "encoder": encoder, "prior": prior, "posterior": posterior,
             "decoder": decoder}
@@ -201,114 +205,118 @@ def make_policy(models: dict, config: Config, noise: float) -> DreamerPolicy:
                          "pixels" if config.pixels else "observation", noise)
 
 
-# ----------------------------------------------------------------------------- recipe
-def train(config: Config) -> dict:
-    """Run Dreamer; returns the final metrics (also written to ``summary.json``)."""
-    run = Run(NAME, config)
-    config = run.config
-    env = make_env(config)
-    obs_key = "pixels" if config.pixels else "observation"
-    models = make_models(config, env)
-    world_model, imagination = models["world_model"], models["imagination"]
-    actor, value = models["actor"], models["value"]
-    model_loss = DreamerModelLoss(world_model, free_nats=config.free_nats)
-    model_loss.set_keys(pixels=("next", obs_key), reco_pixels=("next", "reco_" + obs_key))
-    actor_loss = DreamerActorLoss(actor, value, imagination, gamma=config.gamma, lmbda=config.lmbda,
-                                  imagination_horizon=config.imagination_horizon,
-                                  entropy_weight=config.entropy_weight)
-    value_loss = DreamerValueLoss(value, gamma=config.gamma)
-    optims = {"model": torch.optim.Adam(world_model.parameters(), lr=config.model_lr),
-              "actor": torch.optim.Adam(actor.parameters(), lr=config.actor_lr),
-              "value": torch.optim.Adam(value.parameters(), lr=config.value_lr)}
-    buffer = ReplayBuffer(
-        storage=LazyTensorStorage(config.buffer_size),
-        sampler=SliceSampler(slice_len=config.batch_length, traj_key="episode", strict_length=True),
-        batch_size=config.batch_size * config.batch_length)
-    steps_per_episode = config.max_episode_steps // config.action_repeat
+# ----------------------------------------------------------------------------- agent
+class DreamerAgent(Agent):
+    """World model, actor and value with their optimisers; the update is one Dreamer step."""
 
-    step, episode, updates = 0, 0, 0
-    state = run.load()
-    if state is not None:
-        for name in ("world_model", "actor", "value"):
-            models[name].load_state_dict(state[name])
-        for name, optim in optims.items():
-            optim.load_state_dict(state["optim_" + name])
-        buffer.load_state_dict(state["buffer"])
-        step, episode, updates = state["step"], state["episode"], state["updates"]
+    def __init__(self, config: Config, env, device: torch.device) -> None:
+        super().__init__(device)
+        self.config = config
+        steps = config.max_episode_steps // config.action_repeat  # agent steps per episode
+        envs = config.num_envs * max(config.collector_workers, 1)
+        self.schedule = Schedule(
+            total_steps=config.env_steps, frames_per_batch=steps * envs,
+            random_steps=config.seed_episodes * config.max_episode_steps,
+            max_episode_steps=steps, action_repeat=config.action_repeat,
+            eval_every=config.eval_every, eval_episodes=config.eval_episodes)
+        self.obs_key = "pixels" if config.pixels else "observation"
+        self.models = make_models(config, env, device)  # a plain dict: modules are shared
+        self.world_model, self.actor, self.value = (self.models[k] for k in ("world_model", "actor", "value"))
+        model_loss = DreamerModelLoss(self.world_model, free_nats=config.free_nats)
+        model_loss.set_keys(pixels=("next", self.obs_key), reco_pixels=("next", "reco_" + self.obs_key))
+        # losses and policies share the modules' parameters: kept out of the state_dict
+        self.losses = {"model": model_loss, "value": DreamerValueLoss(self.value, gamma=config.gamma),
+                       "actor": DreamerActorLoss(
+                           self.actor, self.value, self.models["imagination"], gamma=config.gamma,
+                           lmbda=config.lmbda, imagination_horizon=config.imagination_horizon,
+                           entropy_weight=config.entropy_weight)}
+        self.optimizers = {
+            "model": torch.optim.Adam(self.world_model.parameters(), lr=config.model_lr),
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
+            "value": torch.optim.Adam(self.value.parameters(), lr=config.value_lr)}
+        self.updates = 0
+        self._policies = {explore: make_policy(self.models, config, config.exploration_noise if explore else 0.0)
+                          for explore in (True, False)}
 
-    def save() -> None:
-        run.save({"step": step, "episode": episode, "updates": updates, "buffer": buffer.state_dict(),
-                  **{n: models[n].state_dict() for n in ("world_model", "actor", "value")},
-                  **{"optim_" + n: o.state_dict() for n, o in optims.items()}})
+    def policy(self, explore: bool) -> DreamerPolicy:
+        return self._policies[explore]
 
-    def update() -> dict:
-        batch = buffer.sample().reshape(config.batch_size, config.batch_length)
+    def make_buffer(self):
+        c = self.config
+        sampler = SliceSampler(slice_len=c.batch_length, traj_key=EPISODE_KEY, strict_length=True)
+        return make_replay_buffer(c.buffer_size, c.batch_size * c.batch_length, self.device, sampler)
+
+    def store(self, batch):
+        """Scaled rewards; neither the actor's distribution nor the root frames (the model
+        reads ``("next", obs)``, so pixel runs store each frame once)."""
+        data = batch.exclude("loc", "scale", "action_log_prob", "step_count", ("next", "step_count"))
+        if self.config.pixels:
+            data = data.exclude("pixels")
+        check_buffer_memory(data[0], self.config.buffer_size)
+        data.set(("next", "reward"), data.get(("next", "reward")) * self.config.reward_scale)
+        return data
+
+    def update(self, buffer, batch) -> dict:
+        """``train_ratio`` updates per agent step collected: world model, then actor and value
+        on trajectories imagined from every posterior latent."""
+        c = self.config
         metrics = {}
-        losses, latent = model_loss(batch)
-        step_optim("model", losses["loss_model_kl"] + losses["loss_model_reco"]
-                   + losses["loss_model_reward"], world_model)
-        losses_a, fake = actor_loss(latent.get("next"))
-        step_optim("actor", losses_a["loss_actor"], actor)
-        losses_v, _ = value_loss(fake)
-        step_optim("value", losses_v["loss_value"], value)
-        for td in (losses, losses_a, losses_v):
-            metrics.update({f"train/{k}": v.item() for k, v in td.items()})
-        return metrics
+        for _ in range(max(1, round(c.train_ratio * batch.numel()))):
+            sample = buffer.sample().reshape(c.batch_size, c.batch_length)
+            losses, latent = self.losses["model"](sample)
+            self._step("model", sum(losses.values()), self.world_model)
+            losses_a, imagined = self.losses["actor"](latent.get("next"))
+            self._step("actor", losses_a["loss_actor"], self.actor)
+            losses_v, _ = self.losses["value"](imagined)
+            self._step("value", losses_v["loss_value"], self.value)
+            self.updates += 1
+            for td in (losses, losses_a, losses_v):
+                metrics.update({f"train/{k}": v.item() for k, v in td.items()})
+        return {**metrics, "train/updates": self.updates}
 
-    def step_optim(name, loss, module) -> None:
-        optims[name].zero_grad()
+    def _step(self, name: str, loss: torch.Tensor, module: nn.Module) -> None:
+        optim = self.optimizers[name]
+        optim.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
-        optims[name].step()
+        nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
+        optim.step()
 
-    policy = make_policy(models, config, config.exploration_noise)
-    bar = run.progress(config.env_steps, "env steps")
-    last_eval = step // config.eval_every
-    while step < config.env_steps:
-        env.set_seed(config.seed * 100_000 + episode)
-        policy.reset()
-        random = episode < config.seed_episodes
+    def counters(self) -> dict:
+        return {"updates": self.updates}
+
+    def extra_state(self) -> dict:
+        return {"updates": self.updates}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+
+    @torch.no_grad()
+    def diagnose(self, env, out_dir, seed: int, context: int = 5, horizon: int = 30) -> dict:
+        """Real vs imagined observations on a fresh episode: filter ``context`` steps, then
+        imagine ``horizon`` steps open loop with the real actions and decode them."""
+        env.set_seed(seed)
         with set_exploration_type(ExplorationType.RANDOM):
-            data = env.rollout(steps_per_episode, None if random else policy,
-                               break_when_any_done=False)
-        data = data.exclude("loc", "scale", "action_log_prob")
-        if episode == 0:
-            check_buffer_memory(data[0], config.buffer_size)
-        data.set("episode", torch.full(data.shape, episode))
-        episode_return = data["next", "reward"].sum().item()
-        data["next", "reward"] = data["next", "reward"] * config.reward_scale
-        buffer.extend(data)
-        episode += 1
-        step += data.numel() * config.action_repeat
-        bar.update(data.numel() * config.action_repeat)
-        metrics = {"train/episode_return": episode_return}
-        if episode >= config.seed_episodes:
-            n_updates = max(1, round(config.train_ratio * data.numel()))
-            for _ in range(n_updates):
-                metrics.update(update())
-            updates += n_updates
-            metrics["train/updates"] = updates
-        if step // config.eval_every > last_eval:
-            last_eval = step // config.eval_every
-            metrics["eval/return"] = sum(evaluate_policy(models, env, config)) / config.eval_episodes
-        run.log(metrics, step)
-        run.progress_postfix(run.latest)
-        if run.checkpoint_due(step) or step >= config.env_steps:
-            save()
-    bar.close()
+            real = env.rollout(context + horizon, self.policy(explore=True), break_when_any_done=False,
+                               auto_cast_to_device=True)
+        truth, imagined = imagine_open_loop(self.world_model, self.models["prior"], self.models["decoder"],
+                                            real.to(self.device), context, self.obs_key)
+        plot_imagined_vs_real(truth.cpu(), imagined.cpu(), out_dir / "imagined_vs_real.png",
+                              context=context,
+                              title=f"Dreamer {self.config.env}: real vs imagined, seed {self.config.seed}")
+        return {}
 
-    returns = evaluate_policy(models, env, config, episodes=max(config.eval_episodes, 5))
-    eval_return = sum(returns) / len(returns)
-    run.log({"eval/final_return": eval_return}, step)
-    plot_imagination(models, env, config, run.path("imagined_vs_real.png"))
-    return run.finish({"env_steps": step, "eval/return": eval_return, "eval/returns": returns,
-                       "updates": updates})
+
+def make_agent(config: Config, env, device: torch.device) -> DreamerAgent:
+    return DreamerAgent(config, env, device)
+
+
+def train(config: Config) -> dict:
+    """Run Dreamer with the shared loop; returns the final metrics (also in ``summary.json``)."""
+    return training.train(NAME, config, make_env, make_agent)
 
 
 def check_buffer_memory(transition, capacity: int) -> None:
     """Fail early when ``capacity`` transitions like this one would not fit in memory."""
-    import os
-
     need = capacity * sum(v.numel() * v.element_size() for v in transition.values(True, True))
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > 0.5 * total:
@@ -316,46 +324,3 @@ def check_buffer_memory(transition, capacity: int) -> None:
             f"dreamer: buffer_size={capacity} transitions of {need / capacity / 1e3:.0f} kB need "
             f"{need / 1e9:.1f} GB, more than half of this machine's {total / 1e9:.0f} GB; lower "
             "buffer_size (the `pixels` preset uses 10000).")
-
-
-@torch.no_grad()
-def evaluate_policy(models, env, config: Config, episodes: int | None = None) -> list[float]:
-    """Returns of evaluation episodes (the actor's mode, no noise), fixed start states."""
-    policy = make_policy(models, config, 0.0)
-    returns = []
-    for i in range(episodes or config.eval_episodes):
-        env.set_seed(10_000 + 1000 * config.seed + i)
-        policy.reset()
-        with set_exploration_type(ExplorationType.DETERMINISTIC):
-            rollout = env.rollout(config.max_episode_steps // config.action_repeat, policy)
-        returns.append(rollout["next", "reward"].sum().item())
-    return returns
-
-
-def evaluate(config: Config) -> dict:
-    """Evaluate the checkpoint in ``config.run_dir`` (used by ``reverie eval``)."""
-    state = load_checkpoint(f"{config.run_dir}/checkpoint.pt")
-    if state is None:
-        raise FileNotFoundError(f"No checkpoint.pt in {config.run_dir}.")
-    env = make_env(config)
-    models = make_models(config, env)
-    for name in ("world_model", "actor", "value"):
-        models[name].load_state_dict(state[name])
-    returns = evaluate_policy(models, env, config)
-    return {"eval/return": sum(returns) / len(returns), "eval/returns": returns,
-            "env_steps": state["step"]}
-
-
-@torch.no_grad()
-def plot_imagination(models, env, config: Config, path, context: int = 5, horizon: int = 30) -> None:
-    """Real vs imagined observations on a fresh episode: filter ``context`` steps, then
-    imagine ``horizon`` steps open loop with the real actions and decode them."""
-    obs_key = "pixels" if config.pixels else "observation"
-    env.set_seed(77_000 + config.seed)
-    policy = make_policy(models, config, config.exploration_noise)
-    with set_exploration_type(ExplorationType.RANDOM):
-        real = env.rollout(context + horizon, policy, break_when_any_done=False)
-    truth, imagined = imagine_open_loop(models["world_model"], models["prior"], models["decoder"],
-                                        real, context, obs_key)
-    plot_imagined_vs_real(truth, imagined, path, context=context,
-                          title=f"Dreamer {config.env}: real vs imagined, seed {config.seed}")

@@ -179,21 +179,21 @@ class PETSAgent(Agent):
         obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
         self.world_model, self.dynamics = make_world_model(config, obs_dim, action_dim)
         self.world_model.to(device)
-        self.nll_loss = EnsembleNLLLoss(self.dynamics)
+        # losses and the MPC policy share the model's parameters: kept out of the state_dict
+        self.parts = {"nll": EnsembleNLLLoss(self.dynamics), "reward_loss": None}
         self.optimizers["model"] = torch.optim.Adam(self.dynamics.parameters(), lr=config.lr,
                                                     weight_decay=config.weight_decay)
-        self.reward_loss = None
         if config.reward == "learned":
-            self.reward_loss = WorldModelLoss(self.world_model, losses=["reward"])
+            self.parts["reward_loss"] = WorldModelLoss(self.world_model, losses=["reward"])
             self.optimizers["reward"] = torch.optim.Adam(
                 self.world_model.reward_head.parameters(), lr=config.lr)
         imagination = WorldModelEnv(self.world_model, env, device=device)
         planner = make_planner(config, imagination.action_spec).to(device)
-        self.mpc = PlannerPolicy(planner, PlanInImagination(self.world_model, imagination,
-                                                            config.particles))
+        self.parts["mpc"] = PlannerPolicy(
+            planner, PlanInImagination(self.world_model, imagination, config.particles))
 
     def policy(self, explore: bool) -> PlannerPolicy:
-        return self.mpc  # CEM's sampling is PETS's only exploration
+        return self.parts["mpc"]  # CEM's sampling is PETS's only exploration
 
     def make_buffer(self):
         return make_replay_buffer(self.config.buffer_size, self.config.batch_size, self.device)
@@ -201,15 +201,16 @@ class PETSAgent(Agent):
     def update(self, buffer, batch) -> dict:
         """Refit the ensemble on all data (early stopping on a holdout; elites by holdout MSE)."""
         c = self.config
-        stats = fit_ensemble(self.dynamics, self.nll_loss, self.optimizers["model"],
+        stats = fit_ensemble(self.dynamics, self.parts["nll"], self.optimizers["model"],
                              buffer[:].to(self.device), batch_size=c.batch_size,
                              max_epochs=c.max_epochs, holdout=c.holdout, patience=c.patience)
         metrics = {"train/model_mse": torch.tensor(stats["holdout_mse"])[stats["elite_idx"]].mean().item(),
                    "train/loss_nll": float(stats["train_nll"][-1]), "train/fit_epochs": stats["epochs"]}
-        if self.reward_loss is not None:
+        reward_loss = self.parts["reward_loss"]
+        if reward_loss is not None:
             optim = self.optimizers["reward"]
             for _ in range(200):
-                loss = self.reward_loss(buffer.sample())["loss_reward"]
+                loss = reward_loss(buffer.sample())["loss_reward"]
                 optim.zero_grad()
                 loss.backward()
                 optim.step()

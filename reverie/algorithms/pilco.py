@@ -41,14 +41,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 from tensordict import TensorDict
-from tensordict.nn import TensorDictModule
-from torchrl.envs import Compose, DTypeCastTransform, GymEnv, GymWrapper, TransformedEnv
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
+from torchrl.envs import DTypeCastTransform, GymEnv, GymWrapper, TransformedEnv
 
-from reverie.envs import ImaginedEnv, MeanActionSelector
+from reverie import training
+from reverie.envs import ImaginedEnv
 from reverie.envs.cartpole_swingup import swingup_cost_matrix
 from reverie.modules import GPWorldModel, RBFController
 from reverie.objectives import ExponentialQuadraticCost
-from reverie.runs import Run, RunConfig, cfg, load_checkpoint
+from reverie.runs import RunConfig, cfg
+from reverie.training import EPISODE_KEY, Agent, Schedule, derive_seed, make_replay_buffer
 
 NAME = "pilco"
 
@@ -150,20 +152,19 @@ class _StartDown(gym.ObservationWrapper):
         return np.array([np.cos(th), np.sin(th), thdot, th], dtype=np.float64)
 
 
-def make_env(name: str, task: Task, belief: bool = False):
-    """The real env with float64 observations (moment matching runs in float64); with
-    ``belief``, observations are point beliefs and the policy's mean action is executed
-    (:class:`~reverie.envs.MeanActionSelector`)."""
+def make_env(config: Config):
+    """The real env with float64 observations (moment matching runs in float64)."""
+    name = config.env
+    task = TASKS.get(name)
+    if task is None:
+        raise ValueError(f"pilco: no task definition for {name!r}; known: {sorted(TASKS)}.")
     if task.start_down:
         env = GymWrapper(_StartDown(gym.make(name)), frame_skip=task.frame_skip)
     else:
         env = GymEnv(name, frame_skip=task.frame_skip)
-    transforms = []
     if env.observation_spec["observation"].dtype != torch.float64:
-        transforms.append(DTypeCastTransform(torch.float32, torch.float64, in_keys=["observation"]))
-    if belief:
-        transforms.append(MeanActionSelector())
-    return TransformedEnv(env, Compose(*transforms)) if transforms else env
+        env = TransformedEnv(env, DTypeCastTransform(torch.float32, torch.float64, in_keys=["observation"]))
+    return env
 
 
 def make_controller(config: Config, task: Task, env) -> RBFController:
@@ -181,82 +182,127 @@ def initial_belief(env, n: int = 500) -> TensorDict:
 
 
 def transitions(rollout: TensorDict) -> TensorDict:
-    """Flat ``observation, action, (next, observation)`` from a real rollout (beliefs or points)."""
-    def point(key):
-        value = rollout.get(key)
-        return value.get("mean") if isinstance(value, TensorDict) else value
+    """Flat ``observation, action, (next, observation)`` (float64 actions) from real data."""
     return TensorDict({
-        "observation": point("observation"),
-        "action": point("action").to(torch.float64),
-        ("next", "observation"): point(("next", "observation")),
-    }, rollout.batch_size[-1:]).reshape(-1)
+        "observation": rollout.get("observation"),
+        "action": rollout.get("action").to(torch.float64),
+        ("next", "observation"): rollout.get(("next", "observation")),
+    }, rollout.batch_size).reshape(-1)
 
 
-# ----------------------------------------------------------------------------- recipe
-def train(config: Config) -> dict:
-    """Run PILCO; returns the final metrics (also written to ``summary.json``)."""
-    run = Run(NAME, config)
-    config = run.config
-    task = TASKS.get(config.env)
-    if task is None:
-        raise ValueError(f"pilco: no task definition for {config.env!r}; known: {sorted(TASKS)}.")
-    trial_steps = config.trial_steps or task.trial_steps
-    horizon = config.horizon or trial_steps
-    env = make_env(config.env, task)
-    real = make_env(config.env, task, belief=True)  # runs the controller
-    obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
-    belief_env = make_env(config.env, task)
-    belief_env.set_seed(10_000 + config.seed)
-    start = initial_belief(belief_env)
+# ----------------------------------------------------------------------------- agent
+class PointBeliefController(TensorDictModuleBase):
+    """Run a belief-space controller on real observations: ``observation`` (*E, D) is the point
+    belief ``N(observation, 0)``, the controller's mean action is written to ``action``."""
 
-    gp = GPWorldModel(obs_dim, action_dim, angle_dims=task.angle_dims)
-    controller = make_controller(config, task, env)
-    start_states = start["observation", "mean"] + torch.randn(500, obs_dim, dtype=torch.float64) @ \
-        torch.linalg.cholesky(start["observation", "var"][0]).T
-    controller.initialize(start_states, lengthscale=config.policy_lengthscale or
-                          torch.tensor(task.policy_lengthscales or 1.0, dtype=torch.float64))
-    policy = TensorDictModule(controller, in_keys=[("observation", "mean"), ("observation", "var")],
-                              out_keys=[("action", "mean"), ("action", "var"), ("action", "cross_covariance")])
-    cost = ExponentialQuadraticCost(torch.tensor(task.target, dtype=torch.float64),
-                                    torch.as_tensor(task.weights, dtype=torch.float64))
-    imagination = ImaginedEnv(gp, env, batch_size=[1], reward_module=cost.as_reward())
+    def __init__(self, controller: RBFController, action_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.controller, self.action_dtype = controller, action_dtype
+        self.in_keys, self.out_keys = ["observation"], ["action"]
 
-    data, trial, step, trials_to_solve = None, 0, 0, None
-    state = run.load()
-    if state is not None:
-        data = TensorDict(state["data"], [state["data"]["observation"].shape[0]]) if state["data"] else None
-        gp.load_state_dict(state["gp"])
-        controller.load_state_dict(state["controller"])
-        trial, step, trials_to_solve = state["trial"], state["step"], state["trials_to_solve"]
+    def forward(self, tensordict):
+        obs = tensordict.get("observation").to(torch.float64)
+        mean, _, _ = self.controller(obs, obs.new_zeros(*obs.shape, obs.shape[-1]))
+        return tensordict.set("action", mean.detach().to(self.action_dtype))
 
-    def save() -> None:
-        run.save({"step": step, "trial": trial, "trials_to_solve": trials_to_solve,
-                  "data": {} if data is None else data.to_dict(), "gp": gp.state_dict(),
-                  "controller": controller.state_dict()})
 
-    def expected_cost() -> torch.Tensor:
-        rollout = imagination.rollout(horizon, policy, tensordict=imagination.reset(start.clone()))
-        return -rollout["next", "reward"].sum()  # sum over the horizon of E[cost]
+class PILCOAgent(Agent):
+    """GP world model, RBF controller, and the update: fit the GP, then minimise the
+    expected cost of a Gaussian-belief rollout in imagination."""
 
-    def improve_policy() -> float:
+    update_after_last_batch = False  # evaluate the controller that ran the last trial
+
+    def __init__(self, config: Config, env, device: torch.device) -> None:
+        super().__init__(device)
+        task = TASKS.get(config.env)
+        if task is None:
+            raise ValueError(f"pilco: no task definition for {config.env!r}; known: {sorted(TASKS)}.")
+        self.config, self.task = config, task
+        trial_steps = config.trial_steps or task.trial_steps
+        self.horizon = config.horizon or trial_steps
+        self.schedule = Schedule(
+            total_steps=(config.random_trials + config.trials) * trial_steps * task.frame_skip,
+            frames_per_batch=trial_steps, random_steps=config.random_trials * trial_steps * task.frame_skip,
+            max_episode_steps=trial_steps, action_repeat=task.frame_skip,
+            eval_episodes=config.eval_episodes, eval_max_steps=task.eval_steps or trial_steps)
+        obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+        env.set_seed(derive_seed(config.seed, "init"))
+        self.start = initial_belief(env).to(device)
+        self.gp = GPWorldModel(obs_dim, action_dim, angle_dims=task.angle_dims).to(device)
+        self.controller = make_controller(config, task, env).to(device)
+        cholesky = torch.linalg.cholesky(self.start["observation", "var"][0])
+        start_states = self.start["observation", "mean"] + torch.randn(
+            500, obs_dim, dtype=torch.float64, device=device) @ cholesky.T
+        self.controller.initialize(start_states, lengthscale=config.policy_lengthscale or torch.tensor(
+            task.policy_lengthscales or 1.0, dtype=torch.float64, device=device))
+        # modules that share the GP's and controller's parameters stay out of the state_dict
+        self.parts = {"belief_policy": TensorDictModule(
+            self.controller, in_keys=[("observation", "mean"), ("observation", "var")],
+            out_keys=[("action", "mean"), ("action", "var"), ("action", "cross_covariance")])}
+        cost = ExponentialQuadraticCost(torch.tensor(task.target, dtype=torch.float64),
+                                        torch.as_tensor(task.weights, dtype=torch.float64)).to(device)
+        self.parts["imagination"] = ImaginedEnv(self.gp, env, batch_size=[1],
+                                                reward_module=cost.as_reward(), device=device)
+        self.parts["acting"] = PointBeliefController(self.controller, env.action_spec.dtype)
+        self.trials_to_solve: int | None = None
+        self.trials_run = 0
+
+    def policy(self, explore: bool) -> PointBeliefController:
+        return self.parts["acting"]  # deterministic: PILCO explores through its model's uncertainty
+
+    def make_buffer(self):
+        steps = self.schedule.total_steps // self.task.frame_skip
+        return make_replay_buffer(max(steps, 1), 1, self.device)
+
+    def store(self, batch):
+        return batch.select("observation", "action", ("next", "observation"), ("next", "reward"),
+                            ("next", "terminated"), ("next", "done"), EPISODE_KEY)
+
+    def batch_metrics(self, batch) -> dict:
+        """The trial's return and whether it held the pole upright through its final second."""
+        random = self.trials_run < self.config.random_trials
+        self.trials_run += 1
+        upright = not random and self.final_second_upright(batch)
+        if upright and self.trials_to_solve is None:
+            self.trials_to_solve = self.trials_run - self.config.random_trials
+        return {"train/trial_return": batch["next", "reward"].sum().item(),
+                "train/trial_upright": float(upright)}
+
+    def update(self, buffer, batch) -> dict:
+        n = len(buffer)
+        recent = transitions(buffer[max(0, n - self.config.max_gp_points):n].to(self.device))
+        t0 = time.perf_counter()
+        fit = self.gp.fit(recent, max_iter=self.config.gp_max_iter)
+        t1 = time.perf_counter()
+        cost = self.improve_policy()
+        return {"train/gp_mll": fit["mll"], "train/gp_points": fit["n"], "train/fit_s": t1 - t0,
+                "train/imagined_cost": cost, "train/policy_s": time.perf_counter() - t1}
+
+    def expected_cost(self) -> torch.Tensor:
+        """Sum over the horizon of the expected cost of the imagined Gaussian belief."""
+        env = self.parts["imagination"]
+        rollout = env.rollout(self.horizon, self.parts["belief_policy"], tensordict=env.reset(self.start.clone()))
+        return -rollout["next", "reward"].sum()
+
+    def improve_policy(self) -> float:
         """``policy_iters`` evaluations of the imagined expected cost; keeps the best policy."""
-        params = list(controller.parameters())
+        c = self.config
+        params = list(self.controller.parameters())
         best = (float("inf"), [p.detach().clone() for p in params])
         evals = 0
-        if config.optimizer == "lbfgs":
-            optim = torch.optim.LBFGS(params, lr=1.0, max_iter=config.policy_iters,
-                                      max_eval=config.policy_iters, history_size=50,
-                                      tolerance_grad=1e-9, tolerance_change=1e-12,
+        if c.optimizer == "lbfgs":
+            optim = torch.optim.LBFGS(params, lr=1.0, max_iter=c.policy_iters, max_eval=c.policy_iters,
+                                      history_size=50, tolerance_grad=1e-9, tolerance_change=1e-12,
                                       line_search_fn="strong_wolfe")
         else:
-            optim = torch.optim.Adam(params, lr=config.lr)
+            optim = torch.optim.Adam(params, lr=c.lr)
 
         def closure():
             nonlocal best, evals
             evals += 1
             optim.zero_grad()
             try:
-                loss = expected_cost()
+                loss = self.expected_cost()
             except torch.linalg.LinAlgError:  # a line search probed a degenerate policy
                 return torch.tensor(1e6, dtype=torch.float64)
             if torch.isfinite(loss) and loss.item() < best[0]:
@@ -265,10 +311,10 @@ def train(config: Config) -> dict:
             return loss
 
         stalls = 0
-        while evals < config.policy_iters and stalls < 3:
+        while evals < c.policy_iters and stalls < 3:
             before = (evals, best[0])
             optim.step(closure)  # L-BFGS: until converged or out of evaluations; Adam: one step
-            if config.optimizer == "lbfgs":  # restart L-BFGS (fresh curvature) if it stopped early
+            if c.optimizer == "lbfgs":  # restart L-BFGS (fresh curvature) if it stopped early
                 stalls = stalls + 1 if best[0] >= before[1] - 1e-9 or evals == before[0] else 0
                 optim.state.clear()
         with torch.no_grad():  # keep the best policy seen (line searches can overshoot)
@@ -276,63 +322,45 @@ def train(config: Config) -> dict:
                 p.copy_(b)
         return best[0]
 
-    def real_trial(seed: int, steps: int, random: bool = False) -> TensorDict:
-        (env if random else real).set_seed(seed)
-        with torch.no_grad():
-            if random:  # exactly `steps` transitions (episodes that end are restarted)
-                return env.rollout(steps, break_when_any_done=False)
-            return real.rollout(steps, policy, break_when_any_done=True)
-
-    def final_second_upright(rollout: TensorDict) -> bool:
+    def final_second_upright(self, rollout) -> bool:
         obs = rollout["next", "observation"]
-        obs = obs["mean"] if isinstance(obs, TensorDict) else obs
-        last = max(1, round(1.0 / (task.dt * task.frame_skip)))  # decisions in one second
+        last = max(1, round(1.0 / (self.task.dt * self.task.frame_skip)))  # decisions in one second
         done = bool(rollout["next", "terminated"].any())
-        return not done and obs.shape[0] >= last and bool(task.success(obs[-last:]).all())
+        return not done and obs.shape[0] >= last and bool(self.task.success(obs[-last:]).all())
 
-    total = (config.random_trials + config.trials) * trial_steps * task.frame_skip
-    bar = run.progress(total, "env steps")
-    while trial < config.random_trials + config.trials:
-        random = trial < config.random_trials
-        metrics = {}
-        if not random:
-            recent = data[-config.max_gp_points:]
-            t0 = time.perf_counter()
-            fit = gp.fit(recent, max_iter=config.gp_max_iter)
-            t1 = time.perf_counter()
-            metrics.update({"train/gp_mll": fit["mll"], "train/gp_points": fit["n"], "train/fit_s": t1 - t0,
-                            "train/imagined_cost": improve_policy(),
-                            "train/policy_s": time.perf_counter() - t1})
-        rollout = real_trial(config.seed * 1000 + trial, trial_steps, random)
-        new = transitions(rollout)
-        data = new if data is None else torch.cat([data, new], 0)
-        trial += 1
-        step += rollout.numel() * task.frame_skip
-        bar.update(rollout.numel() * task.frame_skip)
-        upright = not random and final_second_upright(rollout)
-        if upright and trials_to_solve is None:
-            trials_to_solve = trial - config.random_trials
-        metrics.update({"train/trial_return": rollout["next", "reward"].sum().item(),
-                        "train/trial_upright": float(upright)})
-        run.log(metrics, step)
-        run.progress_postfix(run.latest)
-        save()
-        if trials_to_solve is not None and config.stop_when_solved:
-            break
-    bar.close()
+    def finished(self) -> bool:
+        return self.config.stop_when_solved and self.trials_to_solve is not None
 
-    # ------------------------------------------------------------------ evaluation
-    eval_steps = task.eval_steps or trial_steps
-    episodes = [real_trial(20_000 + 1000 * config.seed + i, eval_steps) for i in range(config.eval_episodes)]
-    returns = [ep["next", "reward"].sum().item() for ep in episodes]
-    solved_fraction = float(np.mean([final_second_upright(ep) for ep in episodes]))
-    run.log({"eval/return": float(np.mean(returns)), "eval/solved_fraction": solved_fraction}, step)
-    plot_imagined_vs_real(imagination, policy, start, episodes[0], horizon, run.path("diagnostics") / "imagined_vs_real.png")
-    return run.finish({
-        "env_steps": step, "eval/return": float(np.mean(returns)), "eval/returns": returns,
-        "eval/solved_fraction": solved_fraction, "solved": trials_to_solve is not None,
-        "trials": trials_to_solve, "gp_points": int(gp.train_inputs.shape[0]),
-    })
+    def eval_metrics(self, episodes) -> dict:
+        return {"eval/solved_fraction": float(np.mean([self.final_second_upright(ep) for ep in episodes]))}
+
+    def counters(self) -> dict:
+        return {"solved": self.trials_to_solve is not None, "trials": self.trials_to_solve,
+                "gp_points": int(self.gp.train_inputs.shape[0])}
+
+    def extra_state(self) -> dict:
+        return {"trials_to_solve": -1 if self.trials_to_solve is None else self.trials_to_solve,
+                "trials_run": self.trials_run}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.trials_to_solve = None if state["trials_to_solve"] < 0 else int(state["trials_to_solve"])
+        self.trials_run = int(state["trials_run"])
+
+    def diagnose(self, env, out_dir, seed: int) -> dict:
+        """The imagined belief against one greedy real episode (``imagined_vs_real.png``)."""
+        (real,) = training.run_episodes(self, env, 1, self.schedule.eval_steps, seed)
+        plot_imagined_vs_real(self.parts["imagination"], self.parts["belief_policy"], self.start, real, self.horizon,
+                              out_dir / "imagined_vs_real.png")
+        return {}
+
+
+def make_agent(config: Config, env, device: torch.device) -> PILCOAgent:
+    return PILCOAgent(config, env, device)
+
+
+def train(config: Config) -> dict:
+    """Run PILCO with the shared loop; returns the final metrics (also in ``summary.json``)."""
+    return training.train(NAME, config, make_env, make_agent)
 
 
 @torch.no_grad()
@@ -343,9 +371,9 @@ def plot_imagined_vs_real(imagination, policy, start, real_episode, horizon, pat
     import matplotlib.pyplot as plt
 
     rollout = imagination.rollout(horizon, policy, tensordict=imagination.reset(start.clone()))
-    mean = rollout["next", "observation", "mean"][0]  # (H, D)
-    std = rollout["next", "observation", "var"][0].diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
-    obs = real_episode["next", "observation", "mean"]
+    mean = rollout["next", "observation", "mean"][0].cpu()  # (H, D)
+    std = rollout["next", "observation", "var"][0].diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt().cpu()
+    obs = real_episode["next", "observation"]
     dims = mean.shape[-1]
     fig, axes = plt.subplots(1, dims, figsize=(3 * dims, 2.8))
     for d, ax in enumerate(np.atleast_1d(axes)):
@@ -360,24 +388,3 @@ def plot_imagined_vs_real(imagination, policy, start, real_episode, horizon, pat
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def evaluate(config: Config) -> dict:
-    """Evaluate the controller in ``config.run_dir``'s checkpoint (used by ``reverie eval``)."""
-    state = load_checkpoint(f"{config.run_dir}/checkpoint.pt")
-    if state is None:
-        raise FileNotFoundError(f"No checkpoint.pt in {config.run_dir}.")
-    task = TASKS[config.env]
-    env = make_env(config.env, task)
-    controller = make_controller(config, task, env)
-    controller.load_state_dict(state["controller"])
-    policy = TensorDictModule(controller, in_keys=[("observation", "mean"), ("observation", "var")],
-                              out_keys=[("action", "mean"), ("action", "var"), ("action", "cross_covariance")])
-    real = make_env(config.env, task, belief=True)
-    returns = []
-    for i in range(config.eval_episodes):
-        real.set_seed(20_000 + 1000 * config.seed + i)
-        with torch.no_grad():
-            rollout = real.rollout(task.eval_steps or config.trial_steps or task.trial_steps, policy)
-        returns.append(rollout["next", "reward"].sum().item())
-    return {"eval/return": float(np.mean(returns)), "eval/returns": returns, "env_steps": state["step"]}

@@ -27,21 +27,24 @@ Example (about a minute on 2 CPU cores)::
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from tensordict import TensorDict
-from tensordict.nn import TensorDictModule
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from torch import nn
-from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.envs import GymEnv
 
+from reverie import training
 from reverie.diagnostics import decoded_observation, run_diagnostics
 from reverie.envs import WorldModelEnv
 from reverie.modules import WorldModel, mlp
 from reverie.objectives import WorldModelLoss
-from reverie.runs import Run, RunConfig, cfg, load_checkpoint
+from reverie.planners import rollout_objective
+from reverie.runs import RunConfig, cfg
+from reverie.training import Agent, Schedule, make_replay_buffer
 
 NAME = "worldmodel"
 
@@ -61,6 +64,7 @@ class Config(RunConfig):
     plan_candidates: int = cfg(256, "Action sequences scored per MPC decision.")
     plan_horizon: int = cfg(15, "Imagined steps per action sequence.")
     diagnostics_horizon: int = cfg(50, "Open-loop horizon H of the diagnostics (1..H).")
+    eval_episodes: int = cfg(3, "MPC episodes of the final evaluation.")
     buffer_size: int = cfg(100_000, "Replay buffer capacity (transitions).")
     checkpoint_every: int = cfg(200, "Checkpoint every this many env steps (once per episode).")
 
@@ -68,7 +72,7 @@ class Config(RunConfig):
         "debug": {
             "random_episodes": 2, "iterations": 1, "max_episode_steps": 60, "fit_steps": 100,
             "plan_candidates": 64, "plan_horizon": 8, "diagnostics_horizon": 20, "hidden": 64,
-            "checkpoint_every": 60,
+            "checkpoint_every": 60, "eval_episodes": 1,
         },
     }
 
@@ -128,122 +132,106 @@ def make_world_model(obs_dim: int, action_dim: int, hidden: int) -> tuple[WorldM
 
 
 # ----------------------------------------------------------------------------- policy
-class PlanPlayback(nn.Module):
-    """Plays back planned action sequences ``(K, H, A)``, one step per call."""
+class RandomShootingMPC(TensorDictModuleBase):
+    """Score ``candidates`` uniform random action sequences by imagined return; act with the
+    best one's first action. Reads ``observation`` (*E, D), writes ``action`` (*E, A)."""
 
-    def __init__(self) -> None:
+    def __init__(self, world_model: WorldModel, imagination: WorldModelEnv, candidates: int,
+                 horizon: int) -> None:
         super().__init__()
-        self.plan, self.t = None, 0
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        action = self.plan[:, self.t]
-        self.t += 1
-        return action
-
-
-class RandomShootingMPC:
-    """Score K uniform random action sequences in imagination; act with the best one's first action."""
-
-    def __init__(self, world_model: WorldModel, env: WorldModelEnv, candidates: int, horizon: int):
-        self.world_model, self.env = world_model, env
-        self.k, self.h = candidates, horizon
-        self.playback = PlanPlayback()
-        self.policy = TensorDictModule(self.playback, ["latent"], ["action"])
-        self.low, self.high = env.action_spec.space.low, env.action_spec.space.high
+        self.world_model, self.imagination = world_model, imagination
+        self.candidates, self.horizon = candidates, horizon
+        self.in_keys, self.out_keys = ["observation"], ["action"]
 
     @torch.no_grad()
-    def __call__(self, td: TensorDict) -> TensorDict:
-        u = torch.rand(self.k, self.h, self.low.shape[-1])  # (K, H, A)
-        self.playback.plan, self.playback.t = self.low + (self.high - self.low) * u, 0
-        start = self.world_model.encode(td.select("observation").expand(self.k).clone())
-        imagined = self.env.rollout(self.h, self.policy, tensordict=start)  # (K, H)
-        best = imagined["next", "reward"].sum((1, 2)).argmax()
-        return td.set("action", self.playback.plan[best, 0])
+    def forward(self, td: TensorDictBase) -> TensorDictBase:
+        space = self.imagination.action_spec.space
+        low, high = space.low, space.high
+        start = self.world_model.encode(td.select("observation").to(low.device))
+        u = torch.rand(*td.batch_size, self.candidates, self.horizon, low.shape[-1], device=low.device)
+        actions = low + (high - low) * u  # (*E, K, H, A)
+        values = rollout_objective(self.imagination, start)(actions)  # (*E, K)
+        best = values.argmax(-1)[..., None, None, None].expand(*td.batch_size, 1, 1, low.shape[-1])
+        return td.set("action", actions.gather(-3, best)[..., 0, 0, :].to(td.get("observation").device))
 
 
-# ----------------------------------------------------------------------------- recipe
-def train(config: Config) -> dict:
-    """Run the recipe; returns the final metrics (also in ``summary.json``)."""
-    run = Run(NAME, config)
-    config = run.config
-    env = GymEnv(config.env)
-    obs_dim = env.observation_spec["observation"].shape[-1]
-    action_dim = env.action_spec.shape[-1]
+# ----------------------------------------------------------------------------- agent
+class WorldModelAgent(Agent):
+    """The world model, its optimiser, and random-shooting MPC in its imagination."""
 
-    world_model, norm = make_world_model(obs_dim, action_dim, config.hidden)
-    target_encoder = TensorDictModule(norm, [("next", "observation")], [("next", "target_latent")])
-    loss_module = WorldModelLoss(world_model, losses=["latent", "reward"])
-    loss_module.set_keys(predicted_latent=("next", "latent"), target_latent=("next", "target_latent"))
-    optim = torch.optim.Adam(world_model.parameters(), lr=config.lr)
-    imagination = WorldModelEnv(world_model, env)
-    mpc = RandomShootingMPC(world_model, imagination, config.plan_candidates, config.plan_horizon)
-    buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size), batch_size=config.batch_size)
+    update_after_last_batch = False  # as before: fit, then act with the fitted model
 
-    step, episode, last_return, state = 0, 0, None, run.load()
-    if state is not None:
-        world_model.load_state_dict(state["model"])
-        optim.load_state_dict(state["optim"])
-        buffer.load_state_dict(state["buffer"])
-        step, episode, last_return = state["step"], state["episode"], state["last_return"]
+    def __init__(self, config: Config, env, device: torch.device) -> None:
+        super().__init__(device)
+        self.config = config
+        steps = config.max_episode_steps
+        self.schedule = Schedule(
+            total_steps=(config.random_episodes + config.iterations) * steps, frames_per_batch=steps,
+            random_steps=config.random_episodes * steps, max_episode_steps=steps,
+            eval_episodes=config.eval_episodes)
+        obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+        self.world_model, self.norm = make_world_model(obs_dim, action_dim, config.hidden)
+        self.world_model.to(device)
+        loss = WorldModelLoss(self.world_model, losses=["latent", "reward"])
+        loss.set_keys(predicted_latent=("next", "latent"), target_latent=("next", "target_latent"))
+        self.optimizers["model"] = torch.optim.Adam(self.world_model.parameters(), lr=config.lr)
+        # modules sharing the model's parameters stay out of the state_dict
+        self.parts = {
+            "loss": loss,
+            "target": TensorDictModule(self.norm, [("next", "observation")], [("next", "target_latent")]),
+            "mpc": RandomShootingMPC(self.world_model, WorldModelEnv(self.world_model, env, device=device),
+                                     config.plan_candidates, config.plan_horizon)}
 
-    def fit() -> dict:
-        norm.fit(buffer[:]["observation"])
+    def policy(self, explore: bool) -> RandomShootingMPC:
+        return self.parts["mpc"]
+
+    def make_buffer(self):
+        return make_replay_buffer(self.config.buffer_size, self.config.batch_size, self.device)
+
+    def update(self, buffer, batch) -> dict:
+        """Refit the normaliser, then ``fit_steps`` gradient steps on latent + reward losses."""
+        c = self.config
+        self.norm.fit(buffer[:]["observation"].to(self.device))
         totals = {}
-        for _ in range(config.fit_steps):
-            batch = target_encoder(buffer.sample())
-            losses = loss_module(batch)
-            optim.zero_grad()
+        for _ in range(c.fit_steps):
+            losses = self.parts["loss"](self.parts["target"](buffer.sample()))
+            self.optimizers["model"].zero_grad()
             sum(losses.values()).backward()
-            optim.step()
+            self.optimizers["model"].step()
             for key, value in losses.items():
-                totals[key] = totals.get(key, 0.0) + value.item() / config.fit_steps
+                totals[key] = totals.get(key, 0.0) + value.item() / c.fit_steps
         return {f"train/{k}": v for k, v in totals.items()}
 
-    total_episodes = config.random_episodes + config.iterations
-    bar = run.progress(total_episodes * config.max_episode_steps, "env steps")
-    while episode < total_episodes:
-        metrics = {}
-        if episode >= config.random_episodes:
-            metrics.update(fit())
-        env.set_seed(config.seed * 1000 + episode)
-        policy = None if episode < config.random_episodes else mpc
-        with torch.no_grad():
-            data = env.rollout(config.max_episode_steps, policy, break_when_any_done=False)
-        buffer.extend(data)
-        episode += 1
-        step += data.numel()
-        bar.update(data.numel())
-        episode_return = data["next", "reward"].sum().item()
-        if policy is None:
-            metrics["train/episode_return"] = episode_return
-        else:
-            metrics["eval/return"] = last_return = episode_return
-        run.log(metrics, step)
-        run.progress_postfix(run.latest)
-        if run.checkpoint_due(step) or episode == total_episodes:
-            run.save({
-                "step": step, "episode": episode, "last_return": last_return,
-                "model": world_model.state_dict(),
-                "optim": optim.state_dict(), "buffer": buffer.state_dict(),
-            })
-    bar.close()
-
-    errors = diagnose(world_model, env, config, run.path("diagnostics"))
-    summary = {"env_steps": step, "eval/return": last_return, **diagnostic_metrics(errors)}
-    return run.finish(summary)
+    def diagnose(self, env, out_dir, seed: int) -> dict:
+        """Open-loop prediction errors on a held-out random-action trajectory."""
+        return diagnostic_metrics(diagnose(self.world_model, env, self.config, out_dir, seed))
 
 
-def diagnose(world_model: WorldModel, env: GymEnv, config: Config, out_dir) -> dict:
-    """Open-loop prediction diagnostics on a held-out random-action trajectory."""
-    env.set_seed(10_000 + config.seed)
-    with torch.no_grad():
-        held_out = env.rollout(
-            max(config.max_episode_steps, config.diagnostics_horizon + 1), break_when_any_done=False
-        )
+def make_agent(config: Config, env, device: torch.device) -> WorldModelAgent:
+    return WorldModelAgent(config, env, device)
+
+
+def make_env(config: Config):
+    """The Gymnasium task."""
+    return GymEnv(config.env)
+
+
+def train(config: Config) -> dict:
+    """Run the recipe with the shared loop; returns the final metrics (also in ``summary.json``)."""
+    return training.train(NAME, config, make_env, make_agent)
+
+
+@torch.no_grad()
+def diagnose(world_model: WorldModel, env, config: Config, out_dir, seed: int) -> dict:
+    """Open-loop prediction diagnostics on a held-out random-action trajectory (CPU copy)."""
+    env.set_seed(seed)
+    held_out = env.rollout(max(config.max_episode_steps, config.diagnostics_horizon + 1),
+                           break_when_any_done=False)
     labels = ["cos θ", "sin θ", "θ̇"] if config.env.startswith("Pendulum") else None
+    model = copy.deepcopy(world_model).cpu()
     return run_diagnostics(
-        world_model, held_out, out_dir, horizon=config.diagnostics_horizon,
-        predicted_observation=decoded_observation(world_model), obs_labels=labels,
+        model, held_out, out_dir, horizon=config.diagnostics_horizon,
+        predicted_observation=decoded_observation(model), obs_labels=labels,
     )
 
 
@@ -255,23 +243,3 @@ def diagnostic_metrics(errors: dict) -> dict:
         out[f"wm/baseline_rmse@{k}"] = errors["baseline_obs_rmse"][k - 1]
         out[f"wm/reward_rmse@{k}"] = errors["reward_rmse"][k - 1]
     return out
-
-
-def evaluate(config: Config) -> dict:
-    """Re-run the diagnostics and one MPC episode from the checkpoint in ``config.run_dir``."""
-    state = load_checkpoint(f"{config.run_dir}/checkpoint.pt")
-    if state is None:
-        raise FileNotFoundError(f"No checkpoint.pt in {config.run_dir}.")
-    env = GymEnv(config.env)
-    world_model, _ = make_world_model(
-        env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1], config.hidden
-    )
-    world_model.load_state_dict(state["model"])
-    mpc = RandomShootingMPC(
-        world_model, WorldModelEnv(world_model, env), config.plan_candidates, config.plan_horizon
-    )
-    env.set_seed(20_000 + config.seed)
-    with torch.no_grad():
-        data = env.rollout(config.max_episode_steps, mpc, break_when_any_done=False)
-    errors = diagnose(world_model, env, config, f"{config.run_dir}/diagnostics")
-    return {"eval/return": data["next", "reward"].sum().item(), **diagnostic_metrics(errors)}

@@ -77,7 +77,7 @@ class ImaginedEnv(ModelBasedEnvBase):
         batch_size = torch.Size(batch_size)
         super().__init__(
             world_model_module,
-            device=base_env.device,
+            device=kwargs.pop("device", None) or base_env.device,
             batch_size=batch_size,
             allow_done_after_reset=True,
             **kwargs,

@@ -178,7 +178,8 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent
     final.update(agent.eval_metrics(episodes) if episodes else {})
     if final:
         run.log(final, loop.step)
-    diagnostics = agent.diagnose(factory.single(), run.path("diagnostics"),
-                                 derive_seed(config.seed, "diagnostics"))
+    out_dir = run.dir / "diagnostics"
+    out_dir.mkdir(exist_ok=True)
+    diagnostics = agent.diagnose(factory.single(), out_dir, derive_seed(config.seed, "diagnostics"))
     return run.finish({"env_steps": loop.step, **final, "eval/returns": returns,
                        **agent.counters(), **diagnostics})
