@@ -6,6 +6,10 @@ episodes are truncated at ``max_steps`` agent steps, ``is_init`` marks each epis
 first step (stateful policies reset on it) and ``("next", "episode_reward")`` carries the
 running return (read when an episode ends, so returns spanning two batches are whole).
 
+Each batch starts new episodes in every env (envs reset and reseeded from the batch count;
+the batch's last frame is marked truncated): recipes collect whole episodes or trials per
+batch, and a resumed run collects exactly what the uninterrupted one would have.
+
 ``num_envs=N`` runs N envs as one batched env (``SerialEnv`` or ``ParallelEnv``);
 ``collector_workers=W`` runs W collector processes (``MultiSyncCollector``) whose policy
 weights are synced after every update. The collected batch is flattened env by env (each
@@ -68,9 +72,14 @@ def make_collector(
     *,
     workers: int = 0,
     policy_device: torch.device | None = None,
-    seed: int = 0,
 ):
-    """A TorchRL collector of ``frames_per_batch`` agent steps per batch (all envs, all workers).
+    """A TorchRL collector whose every batch is a fresh set of episodes.
+
+    Envs are reset at the start of each batch (``reset_at_each_iter``) and the last frame of
+    a batch is marked ``truncated``; call ``collector.set_seed(s)`` before each batch. A
+    batch is then a function of the seed, the policy and torch's RNG only, which is what
+    makes a resumed run continue exactly (the collector is built inside
+    ``torch.random.fork_rng`` so building it does not move the RNG).
 
     Args:
         env_factory: builds the (batched) env; sent to worker processes when ``workers > 0``.
@@ -78,7 +87,6 @@ def make_collector(
         frames_per_batch: agent steps per batch; must divide evenly among envs and workers.
         workers: 0 runs the collector in this process; ``W >= 1`` runs ``W`` processes.
         policy_device: where the policy runs (envs stay on the CPU).
-        seed: seeds the envs (each env and worker gets its own derived seed).
     """
     envs = env_factory.num_envs * max(workers, 1)
     if frames_per_batch % envs:
@@ -86,16 +94,15 @@ def make_collector(
             f"frames_per_batch={frames_per_batch} agent steps cannot be split evenly over "
             f"{env_factory.num_envs} env(s) x {max(workers, 1)} worker(s); choose num_envs and "
             "collector_workers that divide it.")
-    if policy is None:
-        policy = RandomPolicy(env_factory().full_action_spec)
-    common = {"frames_per_batch": frames_per_batch, "total_frames": -1,
-              "env_device": "cpu", "storing_device": "cpu", "policy_device": policy_device}
-    if workers:
-        collector = MultiSyncCollector([env_factory] * workers, policy, **common)
-    else:
-        collector = Collector(env_factory, policy, **common)
-    collector.set_seed(seed)
-    return collector
+    with torch.random.fork_rng():
+        if policy is None:
+            policy = RandomPolicy(env_factory().full_action_spec)
+        common = {"frames_per_batch": frames_per_batch, "total_frames": -1,
+                  "env_device": "cpu", "storing_device": "cpu", "policy_device": policy_device,
+                  "reset_at_each_iter": True, "set_truncated": True}
+        if workers:
+            return MultiSyncCollector([env_factory] * workers, policy, **common)
+        return Collector(env_factory, policy, **common)
 
 
 def flatten_batch(batch: TensorDictBase, episode_offset: int) -> tuple[TensorDictBase, int]:
@@ -109,6 +116,7 @@ def flatten_batch(batch: TensorDictBase, episode_offset: int) -> tuple[TensorDic
     """
     flat = batch.reshape(-1)
     traj = flat.get(("collector", "traj_ids"))
+    flat = flat.exclude("collector")
     flat.set(EPISODE_KEY, traj.to(torch.int64) + episode_offset)
     return flat, int(flat.get(EPISODE_KEY).max().item()) + 1
 

@@ -21,11 +21,13 @@ A recipe provides ``make_env(config) -> EnvBase`` (the task, on the CPU) and
 Checkpoints hold the agent's ``state_dict`` (modules, optimisers, counters), the filled part
 of the replay buffer, the loop's counters and the RNG states. A run killed at any point
 resumes from its last checkpoint: the metric rows logged after it are dropped and the data
-collected after it is collected again (envs are reseeded from the batch count, so the
-continuation is statistically, not bit-for-bit, the same as an uninterrupted run).
+collected after it is collected again. Every batch starts fresh episodes in envs seeded
+from the batch count, so with in-process collection the resumed run is bit-for-bit the
+uninterrupted one (with ``collector_workers`` the workers' own random draws are not
+checkpointed: the continuation is then statistically the same).
 
 Seeds come from :func:`~reverie.training.derive_seed` streams: ``train`` (collector envs,
-indexed by the batch at which a collector starts), ``eval`` (episode ``i`` of every
+indexed by batch), ``eval`` (episode ``i`` of every
 evaluation), ``diagnostics``.
 """
 
@@ -141,8 +143,9 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent
                 collector = make_collector(
                     factory, None if random else agent.policy(explore=True),
                     schedule.frames_per_batch, workers=config.collector_workers,
-                    policy_device=device, seed=derive_seed(config.seed, "train", loop.batches))
+                    policy_device=device)
                 it, random_phase, offset = iter(collector), random, loop.next_episode
+            collector.set_seed(derive_seed(config.seed, "train", loop.batches))
             batch, loop.next_episode = flatten_batch(next(it), offset)
             buffer.extend(agent.store(batch))
             frames = batch.numel() * schedule.action_repeat
@@ -176,8 +179,10 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent
     returns, episodes = evaluate() if schedule.eval_episodes else ([], [])
     final = {"eval/return": sum(returns) / len(returns)} if returns else {}
     final.update(agent.eval_metrics(episodes) if episodes else {})
-    if final:
-        run.log(final, loop.step)
+    periodic_at_end = schedule.eval_every and loop.step % schedule.eval_every == 0
+    logged = {"eval/return"} if periodic_at_end else set()  # the same seeded episodes: no repeat
+    if set(final) - logged:
+        run.log({k: v for k, v in final.items() if k not in logged}, loop.step)
     out_dir = run.dir / "diagnostics"
     out_dir.mkdir(exist_ok=True)
     diagnostics = agent.diagnose(factory.single(), out_dir, derive_seed(config.seed, "diagnostics"))
