@@ -27,13 +27,15 @@ def test_pilco_debug_run_eval_and_resume(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {"solved", "trials", "eval/return", "eval/solved_fraction"} <= set(summary)
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert state["trial"] == 2 and state["data"]["observation"].shape == (20, 6)
-    assert main(["eval", str(run_dir), "eval_episodes=1"]) == 0  # reloads the controller
+    assert state["loop"]["batches"] == 2 and state["buffer"]["_storage"]["_storage"]["observation"].shape == (20, 6)
+    assert main(["eval", str(run_dir)]) == 0  # reloads the controller
+    (folder,) = (run_dir / "eval").iterdir()
+    assert json.loads((folder / "summary.json").read_text())["eval/returns"] == summary["eval/returns"]
 
     # resume with a larger budget: the data and the GP carry over, one more trial runs
     assert main(["train", "--resume", str(run_dir), "trials=2"]) == 0
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert state["trial"] == 3 and state["data"]["observation"].shape == (30, 6)
+    assert state["loop"]["batches"] == 3 and state["buffer"]["_storage"]["_storage"]["observation"].shape == (30, 6)
     steps = [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == sorted(steps) and max(steps) == 30
 
@@ -47,7 +49,8 @@ def test_task_success_criteria():
 
 def test_pendulum_starts_down_and_observes_the_unwrapped_angle():
     task = pilco.TASKS["Pendulum-v1"]
-    env = pilco.make_env("Pendulum-v1", task)
+    assert task.start_down
+    env = pilco.make_env(pilco.Config(env="Pendulum-v1"))
     env.set_seed(0)
     td = env.reset()
     obs = td["observation"]

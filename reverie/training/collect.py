@@ -14,7 +14,8 @@ batch, and a resumed run collects exactly what the uninterrupted one would have.
 ``collector_workers=W`` runs W collector processes (``MultiSyncCollector``) whose policy
 weights are synced after every update. The collected batch is flattened env by env (each
 env's steps stay contiguous in the buffer) and every frame gets a global ``episode`` id
-(unique over the whole run, resumes included), which sequence samplers use as ``traj_key``.
+(consecutive and unique over the whole run, resumes included), which sequence samplers use
+as ``traj_key``.
 """
 
 from __future__ import annotations
@@ -105,20 +106,21 @@ def make_collector(
         return Collector(env_factory, policy, **common)
 
 
-def flatten_batch(batch: TensorDictBase, episode_offset: int) -> tuple[TensorDictBase, int]:
+def flatten_batch(batch: TensorDictBase, next_episode: int) -> tuple[TensorDictBase, int]:
     """Flatten a collector batch ``(*W, *E, T)`` to ``(N,)`` env by env, with global episode ids.
 
-    Each env's steps stay contiguous and in time order. ``("collector", "traj_ids")`` are
-    shifted by ``episode_offset`` into ``"episode"``.
+    Each env's steps stay contiguous and in time order. Every batch starts new episodes
+    (see :func:`make_collector`), so the batch's trajectories (``("collector", "traj_ids")``)
+    are numbered ``next_episode, next_episode + 1, ...`` under ``"episode"``.
 
     Returns:
         ``(flat batch, next free episode id)``.
     """
     flat = batch.reshape(-1)
-    traj = flat.get(("collector", "traj_ids"))
+    _, local = torch.unique(flat.get(("collector", "traj_ids")), return_inverse=True)
     flat = flat.exclude("collector")
-    flat.set(EPISODE_KEY, traj.to(torch.int64) + episode_offset)
-    return flat, int(flat.get(EPISODE_KEY).max().item()) + 1
+    flat.set(EPISODE_KEY, local.to(torch.int64) + next_episode)
+    return flat, next_episode + int(local.max().item()) + 1
 
 
 def finished_episode_returns(flat: TensorDictBase) -> list[float]:

@@ -132,7 +132,6 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent
 
     collector = it = None
     random_phase = None
-    offset = loop.next_episode
     bar = run.progress(schedule.total_steps, "env steps")
     try:
         while loop.step < schedule.total_steps and not agent.finished():
@@ -144,9 +143,9 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent
                     factory, None if random else agent.policy(explore=True),
                     schedule.frames_per_batch, workers=config.collector_workers,
                     policy_device=device)
-                it, random_phase, offset = iter(collector), random, loop.next_episode
+                it, random_phase = iter(collector), random
             collector.set_seed(derive_seed(config.seed, "train", loop.batches))
-            batch, loop.next_episode = flatten_batch(next(it), offset)
+            batch, loop.next_episode = flatten_batch(next(it), loop.next_episode)
             buffer.extend(agent.store(batch))
             frames = batch.numel() * schedule.action_repeat
             loop.step += frames
