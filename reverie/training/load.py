@@ -1,13 +1,18 @@
 """Trained agents for users: :func:`load_agent` and ``reverie eval``'s :func:`evaluate_run`.
 
->>> from reverie import load_agent                               # doctest: +SKIP
->>> agent = load_agent("runs/pets/Pendulum-v1/20260101-120000-s0")  # doctest: +SKIP
->>> import gymnasium as gym                                      # doctest: +SKIP
->>> env = gym.make("Pendulum-v1")                                # doctest: +SKIP
->>> obs, _ = env.reset(seed=0); agent.reset(); done = False       # doctest: +SKIP
->>> while not done:                                              # doctest: +SKIP
-...     obs, reward, terminated, truncated, _ = env.step(agent.predict(obs))
-...     done = terminated or truncated
+Playing a trained run on a Gymnasium env (the README runs this example)::
+
+    import gymnasium as gym
+    import reverie
+
+    agent = reverie.load_agent("runs/pets/Pendulum-v1/20260101-120000-s0")
+    env = gym.make("Pendulum-v1")
+    obs, _ = env.reset(seed=0)
+    agent.reset()                                   # a new episode
+    done, total = False, 0.0
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(agent.predict(obs))
+        total, done = total + reward, terminated or truncated
 """
 
 from __future__ import annotations
