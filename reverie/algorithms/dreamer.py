@@ -1,17 +1,20 @@
 """Recipe ``dreamer``: Dreamer v1 (Hafner et al., 2019, https://arxiv.org/abs/1912.01603).
 
-Reads top to bottom: config -> env -> world model -> losses -> loop.
+Reads top to bottom: config -> env -> world model -> agent (its update maths);
+:func:`reverie.training.train` runs the loop (collection, buffer, evaluation, checkpoints).
 
 1. Collect ``seed_episodes`` episodes with uniform random actions.
-2. Loop: act for one episode with the actor (posterior filtering of the RSSM on the real
-   observations, Gaussian exploration noise), add it to a replay buffer of trajectories,
+2. Loop: collect one episode per env with the actor (posterior filtering of the RSSM on the
+   real observations, Gaussian exploration noise; a TorchRL collector over ``num_envs``
+   envs and ``collector_workers`` processes), add them to a replay buffer of episodes,
    then do ``train_ratio * steps`` updates, each on ``batch_size`` slices of
-   ``batch_length`` steps (TorchRL's ``SliceSampler``: slices never cross episodes):
-   world model (:class:`~reverie.objectives.DreamerModelLoss`), then actor and value on
-   trajectories imagined from every posterior latent (:class:`~reverie.objectives.DreamerActorLoss`,
-   :class:`~reverie.objectives.DreamerValueLoss`).
+   ``batch_length`` steps (TorchRL's ``SliceSampler`` on the episode ids: slices never
+   cross episodes): world model (:class:`~reverie.objectives.DreamerModelLoss`), then
+   actor and value on trajectories imagined from every posterior latent
+   (:class:`~reverie.objectives.DreamerActorLoss`, :class:`~reverie.objectives.DreamerValueLoss`).
 3. Evaluate every ``eval_every`` env steps and at the end (mean action, no noise); draw
-   imagined vs real observations (decoded frames for pixel runs).
+   imagined vs real observations (``diagnostics/imagined_vs_real.png``; decoded frames
+   for pixel runs).
 
 Observations: ``pixels=False`` uses the state vector (MLP encoder/decoder); ``pixels=True``
 renders 64x64 frames (the paper's conv encoder/decoder). ``env_steps`` counts real env

@@ -1,17 +1,19 @@
 """Recipe ``pets``: probabilistic ensembles with trajectory sampling (Chua et al., 2018).
 
 https://arxiv.org/abs/1805.12114. Reads top to bottom: config -> env -> world model ->
-loss -> planner -> loop.
+planner -> agent (its update maths); :func:`reverie.training.train` runs the loop
+(collection, buffer, evaluation, checkpoints, logging).
 
 1. Collect ``random_episodes`` episodes with uniform random actions.
-2. Every episode: fit the :class:`~reverie.modules.EnsembleDynamics` (Gaussian NLL,
-   bootstrapped members, holdout early stopping, elites) on all data; then act for one
-   episode with model-predictive control: at every step a planner (CEM, MPPI or iCEM from
+2. After every episode (one collector batch of ``max_episode_steps`` steps; the last one
+   too): fit the :class:`~reverie.modules.EnsembleDynamics` (Gaussian NLL, bootstrapped
+   members, holdout early stopping, elites) on all data. Episodes after the random ones
+   act by model-predictive control: at every step a planner (CEM, MPPI or iCEM from
    :mod:`reverie.planners`) optimises an action sequence of length ``horizon`` against the
    imagined return of ``particles`` trajectory samples per candidate, rolled out in a
    :class:`~reverie.envs.WorldModelEnv` (TS-inf propagation: each particle keeps its
    ensemble member), and the first action is executed.
-3. Evaluate with ``eval_episodes`` planner episodes; write open-loop diagnostics.
+3. Evaluate with ``eval_episodes`` seeded planner episodes; write open-loop diagnostics.
 
 Rewards: the task's known reward function where one exists (``reward="known"``, the PETS
 convention, see :mod:`reverie.envs.known_models`), else a learned reward head ``r(s, a)``
@@ -21,7 +23,8 @@ Presets: the defaults are sized for 2 CPU cores (15 Pendulum episodes in a few m
 ``paper`` sets the paper's sizes (5 x 200-unit, 4-layer ensemble, 20 particles, CEM with
 500 candidates, 50 elites, 5 iterations, horizon 30); ``debug`` is a 30-second smoke run.
 
-Logged metrics: ``train/episode_return`` (each planner episode; the random ones too),
+Logged metrics: ``train/episode_return`` (mean of the episodes that ended in a batch; the
+random ones too),
 ``train/model_mse`` (mean holdout MSE of the elites, normalised targets), ``train/loss_nll``,
 ``train/fit_epochs``, ``eval/return`` (mean over ``eval_episodes``); ``summary.json`` adds
 the open-loop errors ``wm/obs_rmse@k`` of the mean prediction.

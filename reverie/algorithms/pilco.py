@@ -1,7 +1,8 @@
 """Recipe ``pilco``: probabilistic inference for learning control (Deisenroth & Rasmussen, 2011).
 
 https://www.doc.ic.ac.uk/~mpd37/publications/pilco_icml2011.pdf. Reads top to bottom:
-config -> task -> env -> model -> cost -> loop.
+config -> task -> env -> agent (model, cost, policy search); :func:`reverie.training.train`
+runs the loop (one collector batch per trial, evaluation, checkpoints, logging).
 
 1. Run ``random_trials`` trials with uniform random actions.
 2. Every trial: fit the :class:`~reverie.modules.GPWorldModel` (one GP per state dimension,
@@ -9,8 +10,9 @@ config -> task -> env -> model -> cost -> loop.
    transitions; optimise the :class:`~reverie.modules.RBFController` by gradients of the
    expected saturating cost (:class:`~reverie.objectives.ExponentialQuadraticCost`) summed
    over a ``horizon``-step Gaussian-belief rollout in an :class:`~reverie.envs.ImaginedEnv`
-   (moment matching, no sampling); run the controller on the real env for one trial through
-   :class:`~reverie.envs.MeanActionSelector`; add the data.
+   (moment matching, no sampling); run the controller on the real env for one trial (its
+   mean action on the point belief of each real observation); add the data. The last
+   trial is not followed by an update: the controller that ran it is the one evaluated.
 3. A trial is *solved* when the pole stays upright (``|angle| < 0.2`` rad) through the final
    second; with ``stop_when_solved`` the loop ends there. Then ``eval_episodes`` evaluation
    episodes from fresh start states, and the imagined-vs-real plot.
@@ -33,7 +35,6 @@ CPU core per seed; ``debug`` is a 30-second smoke run.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -45,8 +46,9 @@ from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from torchrl.envs import DTypeCastTransform, GymEnv, GymWrapper, TransformedEnv
 
 from reverie import training
+from reverie.diagnostics import plot_belief_vs_real
 from reverie.envs import ImaginedEnv
-from reverie.envs.cartpole_swingup import swingup_cost_matrix
+from reverie.envs.pilco_tasks import TASKS, Task, _StartDown
 from reverie.modules import GPWorldModel, RBFController
 from reverie.objectives import ExponentialQuadraticCost
 from reverie.runs import RunConfig, cfg
@@ -80,76 +82,6 @@ class Config(RunConfig):
         "debug": {"trials": 2, "trial_steps": 10, "n_basis": 5, "max_gp_points": 40,
                   "gp_max_iter": 20, "policy_iters": 3, "eval_episodes": 1},
     }
-
-
-# ----------------------------------------------------------------------------- tasks
-def _pole_cos_at(index: int):
-    def upright(obs: torch.Tensor) -> torch.Tensor:  # cos(angle from upright) > cos(0.2)
-        return obs[..., index] > float(np.cos(0.2))
-    return upright
-
-
-def _pole_angle_at(index: int):
-    def upright(obs: torch.Tensor) -> torch.Tensor:
-        return obs[..., index].abs() < 0.2
-    return upright
-
-
-def _point_mass_at_target(obs: torch.Tensor) -> torch.Tensor:
-    return (obs[..., 0] - 1.0).abs() < 0.1
-
-
-@dataclass(frozen=True)
-class Task:
-    """What PILCO needs to know about a task: cost, horizon, and what success looks like."""
-
-    target: tuple[float, ...]
-    weights: np.ndarray  # (D, D) cost precision W (width included)
-    trial_steps: int
-    n_basis: int
-    success: Callable[[torch.Tensor], torch.Tensor]  # (*B, D) observations -> (*B,) bool
-    dt: float = 0.1  # seconds per env step
-    frame_skip: int = 1
-    start_down: bool = False  # Pendulum-v1: start hanging down (swing-up)
-    eval_steps: int = 0  # 0: trial_steps
-    angle_dims: dict[int, tuple[int, int]] | None = None  # GPWorldModel(angle_dims=...)
-    policy_dims: tuple[int, ...] | None = None  # observations the controller reads (None: all)
-    policy_lengthscales: tuple[float, ...] | None = None  # initial, per policy input (None: 1)
-
-
-TASKS: dict[str, Task] = {
-    # pole upright: |angle| < 0.2 rad. Swing-ups as PILCO's MATLAB settings: the GP predicts
-    # the change of the unwrapped angle and reads its sine and cosine; so does the controller.
-    "reverie/CartPoleSwingUp-v0": Task(
-        (0, 0, 1, 0, 0, 0), swingup_cost_matrix(), 40, 10, _pole_cos_at(2),
-        angle_dims={5: (3, 2)}, policy_dims=(0, 1, 2, 3, 4), policy_lengthscales=(1, 1, 0.7, 0.7, 1)),
-    "Pendulum-v1": Task(
-        (1, 0, 0, 0), np.diag([1.0, 1.0, 0.0, 0.0]) / 0.5**2, 40, 30, _pole_cos_at(0),
-        dt=0.05, frame_skip=2, start_down=True, eval_steps=100,
-        angle_dims={3: (1, 0)}, policy_dims=(0, 1, 2), policy_lengthscales=(0.7, 0.7, 1)),
-    "InvertedPendulum-v5": Task((0, 0, 0, 0), np.eye(4), 100, 10, _pole_angle_at(1), dt=0.04),
-    # the CI learning test's toy task: reach x = 1 (within 0.1)
-    "reverie/PointMass1D-v0": Task((1, 0), np.diag([1.0, 0.1]) / 0.3**2, 30, 10, _point_mass_at_target),
-}
-
-
-class _StartDown(gym.ObservationWrapper):
-    """Pendulum-v1 from hanging down (``theta ~ N(pi, 0.1^2)``, ``theta_dot ~ N(0, 0.1^2)``),
-    observing ``(cos theta, sin theta, theta_dot, theta)`` with the unwrapped angle."""
-
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float64)
-
-    def reset(self, **kwargs):
-        _, info = self.env.reset(**kwargs)
-        rng = self.env.unwrapped.np_random
-        self.env.unwrapped.state = np.array([np.pi, 0.0]) + 0.1 * rng.standard_normal(2)
-        return self.observation(None), info
-
-    def observation(self, observation):
-        th, thdot = self.env.unwrapped.state
-        return np.array([np.cos(th), np.sin(th), thdot, th], dtype=np.float64)
 
 
 def make_env(config: Config):
@@ -349,7 +281,7 @@ class PILCOAgent(Agent):
     def diagnose(self, env, out_dir, seed: int) -> dict:
         """The imagined belief against one greedy real episode (``imagined_vs_real.png``)."""
         (real,) = training.run_episodes(self, env, 1, self.schedule.eval_steps, seed)
-        plot_imagined_vs_real(self.parts["imagination"], self.parts["belief_policy"], self.start, real, self.horizon,
+        plot_belief_vs_real(self.parts["imagination"], self.parts["belief_policy"], self.start, real, self.horizon,
                               out_dir / "imagined_vs_real.png")
         return {}
 
@@ -361,30 +293,3 @@ def make_agent(config: Config, env, device: torch.device) -> PILCOAgent:
 def train(config: Config) -> dict:
     """Run PILCO with the shared loop; returns the final metrics (also in ``summary.json``)."""
     return training.train(NAME, config, make_env, make_agent)
-
-
-@torch.no_grad()
-def plot_imagined_vs_real(imagination, policy, start, real_episode, horizon, path) -> None:
-    """The imagined belief (mean +- 2 std per dimension) against one real trajectory."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rollout = imagination.rollout(horizon, policy, tensordict=imagination.reset(start.clone()))
-    mean = rollout["next", "observation", "mean"][0].cpu()  # (H, D)
-    std = rollout["next", "observation", "var"][0].diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt().cpu()
-    obs = real_episode["next", "observation"]
-    dims = mean.shape[-1]
-    fig, axes = plt.subplots(1, dims, figsize=(3 * dims, 2.8))
-    for d, ax in enumerate(np.atleast_1d(axes)):
-        t = np.arange(1, mean.shape[0] + 1)
-        ax.fill_between(t, mean[:, d] - 2 * std[:, d], mean[:, d] + 2 * std[:, d], alpha=0.3, label="imagined ±2σ")
-        ax.plot(t, mean[:, d], label="imagined mean")
-        ax.plot(np.arange(1, obs.shape[0] + 1), obs[:, d], "k.", ms=3, label="real")
-        ax.set_title(f"observation[{d}]")
-        ax.set_xlabel("step")
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

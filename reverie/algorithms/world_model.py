@@ -1,6 +1,7 @@
 """Recipe ``worldmodel``: learn a world model of a real environment and check its predictions.
 
-Reads top to bottom: config -> env -> world model -> loss -> loop -> diagnostics.
+Reads top to bottom: config -> world model -> MPC policy -> agent (its update maths);
+:func:`reverie.training.train` runs the loop (collection, buffer, evaluation, checkpoints).
 
 1. Collect ``random_episodes`` episodes with uniform random actions.
 2. Repeat ``iterations`` times: fit the :class:`~reverie.modules.WorldModel` on the replay
@@ -16,7 +17,8 @@ The model: the encoder normalises observations with statistics fitted from the d
 the reward head an MLP on ``(latent, action)`` and the decoder un-normalises.
 
 Logged metrics: ``train/loss_latent`` and ``train/loss_reward`` (mean over the last fit),
-``eval/return`` (return of each MPC episode); in ``summary.json`` also ``wm/obs_rmse@k``,
+``train/episode_return`` (random and MPC episodes), ``eval/return`` (``eval_episodes``
+seeded MPC episodes at the end); in ``summary.json`` also ``wm/obs_rmse@k``,
 ``wm/reward_rmse@k`` and ``wm/baseline_rmse@k`` (open-loop error at horizon k, and the error
 of predicting the start observation for every k).
 

@@ -6,9 +6,10 @@ folder and returns the errors dict. The pieces are available on their own:
 :func:`open_loop_predict`, :func:`prediction_errors`, :func:`write_error_table`,
 :func:`plot_open_loop` and :func:`plot_error_curve`. For RSSM (Dreamer) models,
 :func:`imagine_open_loop` and :func:`plot_imagined_vs_real` compare decoded imagination
-with real observations.
+with real observations; for Gaussian-belief (PILCO) models, :func:`plot_belief_vs_real`.
 """
 
+from reverie.diagnostics.belief import plot_belief_vs_real
 from reverie.diagnostics.latent_imagination import imagine_open_loop, plot_imagined_vs_real
 from reverie.diagnostics.open_loop import (
     OpenLoopResult,
@@ -23,6 +24,7 @@ from reverie.diagnostics.open_loop import (
 
 __all__ = [
     "OpenLoopResult",
+    "plot_belief_vs_real",
     "decoded_observation",
     "imagine_open_loop",
     "open_loop_predict",
