@@ -59,3 +59,21 @@ def test_dreamer_snippet_runs_and_prints_the_stated_shape():
     assert all(p.grad is not None for p in namespace["actor"].parameters())
     assert all(p.grad is None for p in namespace["prior"].parameters())
     assert torch.isfinite(namespace["value_td"]["loss_value"])
+
+
+def test_trained_agent_snippet_plays_an_episode(tmp_path):
+    """The "Using a trained agent" example, on a PETS debug run."""
+    from reverie.algorithms import pets
+    from reverie.runs import resolve_config
+
+    run_dir = tmp_path / "run"
+    pets.train(resolve_config(pets.Config, ["debug"], [f"run_dir={run_dir}", "progress=false"]))
+    section = README.read_text().split("### Using a trained agent", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    out = io.StringIO()
+    namespace: dict = {"run_dir": str(run_dir)}
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), namespace)
+    printed = out.getvalue().strip()
+    assert re.fullmatch(r"return -?\d+\.\d", printed), printed
+    assert -2000 < namespace["episode_return"] < 0  # a whole episode: Pendulum rewards are in [-16.3, 0]
