@@ -2,8 +2,12 @@
 
 Each recipe module defines a typed dataclass ``Config`` (a subclass of
 :class:`reverie.runs.RunConfig`, with a ``PRESETS`` mapping that contains at least
-``"debug"``) and a ``train(config) -> dict`` function that returns its final metrics.
-The ``reverie`` command finds recipes through :data:`ALGORITHMS`.
+``"debug"``), ``make_env(config)`` (the task, on the CPU), ``make_agent(config, env,
+device)`` (its :class:`reverie.training.Agent`: modules, optimisers, update maths) and
+``train(config) -> dict``, which hands the three to the shared loop
+:func:`reverie.training.train`. ``reverie eval`` and :func:`reverie.load_agent` rebuild the
+agent with ``make_env`` and ``make_agent``. The ``reverie`` command finds recipes through
+:data:`ALGORITHMS`.
 """
 
 from __future__ import annotations

@@ -2,18 +2,27 @@
 
 ``EnvBase.rollout`` builds, copies and validates TensorDicts at every step, which costs
 about a millisecond per step on a CPU core, far more than the matmuls of a small world
-model. When the policy and the world model are plain :class:`TensorDictModule` chains,
-this loop calls their inner ``nn.Module`` on a flat ``{key: tensor}`` dict instead and
-stacks the steps once at the end. The returned TensorDict is the one ``EnvBase.rollout``
-returns: same keys, values, shapes, dtypes, batch size and dim names (a test checks this).
+model. When the policy and the world model are plain :class:`TensorDictModule` chains
+(or the policy is ``None``: random actions from the action spec), this loop calls their
+inner ``nn.Module`` on a flat ``{key: tensor}`` dict instead and stacks each key's steps
+once at the end. The returned TensorDict is the one ``EnvBase.rollout`` returns: same
+keys, values (random actions included: the same draws in the same order), shapes,
+dtypes, batch size and dim names (tests check this).
+
+Everything that does not change from call to call (which modules run, where each input
+comes from, spec shapes, the action samplers) is resolved once into a cached
+:class:`_Plan`; a call only reads the start's leaves, runs the modules and stacks.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
 from tensordict.utils import NestedKey, unravel_key
+from torchrl.data import Bounded, Composite
 
 from reverie.modules.components import concatenates_inputs
 from reverie.modules.world_model import _STEP_ORDER, WorldModelStep
@@ -29,6 +38,7 @@ def _is_plain(module) -> bool:
         and module.method is None
         and not module._forward_hooks
         and not module._forward_pre_hooks
+        and "_" not in module.out_keys
     )
 
 
@@ -62,8 +72,8 @@ def _compile_calls(modules: list[TensorDictModule]) -> list[tuple]:
     return [
         (
             m.module,
-            [unravel_key(k) for k in m.in_keys],
-            [unravel_key(k) for k in m.out_keys],
+            tuple(unravel_key(k) for k in m.in_keys),
+            tuple(unravel_key(k) for k in m.out_keys),
             concatenates_inputs(m),
         )
         for m in modules
@@ -71,9 +81,14 @@ def _compile_calls(modules: list[TensorDictModule]) -> list[tuple]:
 
 
 def _run(calls: list[tuple], values: dict) -> None:
+    """Run compiled module calls on ``values`` (a ``{key: tensor}`` dict), writing their outputs."""
     for fn, in_keys, out_keys, cat in calls:
-        inputs = [values[k] for k in in_keys]
-        out = fn(torch.cat(inputs, dim=-1)) if cat else fn(*inputs)
+        if cat:
+            out = fn(torch.cat([values[k] for k in in_keys], dim=-1))
+        elif len(in_keys) == 1:
+            out = fn(values[in_keys[0]])
+        else:
+            out = fn(*[values[k] for k in in_keys])
         if isinstance(out, torch.Tensor):
             values[out_keys[0]] = out
         else:
@@ -88,7 +103,7 @@ def _next(key: NestedKey) -> tuple:
 def fast_rollout(
     env,
     max_steps: int,
-    policy: TensorDictModuleBase,
+    policy: TensorDictModuleBase | None,
     tensordict: TensorDictBase,
     *,
     auto_reset: bool,
@@ -97,85 +112,107 @@ def fast_rollout(
     """Roll ``env`` out with ``policy`` for ``max_steps`` steps on flat tensors.
 
     Returns ``None`` (the caller then uses ``EnvBase.rollout``) when the policy or the
-    world model is not a chain of plain TensorDictModules, or when the start tensordict
-    needs what only the generic loop does (partial resets, preset ``"next"`` values).
+    world model is not a chain of plain TensorDictModules, the action spec is nested, or
+    the start needs what only the generic loop does (preset ``"next"`` values, partial
+    resets, done flags that are already set or shaped unlike the done spec).
 
     Args:
         env: a :class:`~reverie.envs.WorldModelEnv`.
         max_steps: number of steps ``T``.
-        policy: writes the action from the root keys.
-        tensordict: start data of batch size ``(*B,)`` holding the initial latent.
-        auto_reset: call ``env.reset(tensordict)`` first (as ``EnvBase.rollout`` does).
+        policy: writes the action from the root keys; ``None`` samples the action spec
+            (``env.rand_action``) at every step.
+        tensordict: start data of batch size ``(*B,)`` holding the initial latent. It is
+            not modified.
+        auto_reset: start from ``env.reset(tensordict)`` (as ``EnvBase.rollout`` does).
+            Otherwise start from ``tensordict`` as ``WorldModelEnv.maybe_reset`` completes
+            it: missing done flags are all ``False``, given ones are kept.
         break_when_any_done: stop after the first step where any done flag is set.
 
     Returns:
         the rollout, batch size ``(*B, T')`` with ``T' <= T``, dims named ``(..., "time")``.
     """
-    if env.world_model_params is not None or "next" in tensordict.keys() or (
-        "_reset" in tensordict.keys()
-    ):
+    if max_steps < 1 or env.world_model_params is not None:
         return None
-    if auto_reset and not env.batch_size:
-        values = _reset_values(env, tensordict)
-        if values is None:
-            tensordict = env.reset(tensordict)  # raises the reset error, or handles the rest
-    else:
-        values = None
-        if auto_reset:
-            tensordict = env.reset(tensordict)
+    batch_size = tensordict.batch_size
+    if env.batch_size and batch_size != env.batch_size:
+        return None
+    keys = tensordict.keys()
+    if "next" in keys or "_reset" in keys:
+        return None
+    values = _start_leaves(env, tensordict)
     if values is None:
-        if not auto_reset and _needs_reset(env, tensordict):
-            return None  # EnvBase.maybe_reset would have work to do
-        values = _leaves(tensordict)
-        if values is None:
-            return None
+        return None  # EnvBase.rollout raises reset's error or handles the rest
     plan = _plan(env, policy, frozenset(values))
     if plan is None:
         return None
+    # done flags at t = 0: all False after a reset; kept from the start otherwise
+    for key, shape, dtype in plan.done_plan:
+        flag = None if auto_reset else values.get(key)
+        if flag is None:
+            if plan.needs_flags:
+                values[key] = torch.zeros((*batch_size, *shape), dtype=dtype, device=env.device)
+            else:
+                values.pop(key, None)
+        elif not isinstance(flag, torch.Tensor) or flag.dtype != dtype or flag.shape != (*batch_size, *shape):
+            return None
+        elif not plan.models_done and bool(flag.any()):
+            return None  # the flags are written as constant False below
+        elif not plan.needs_flags:
+            del values[key]
 
-    batch_size = tensordict.batch_size
     dim = len(batch_size)
+    action_shape = batch_size if not env.batch_size else torch.Size([])
+    reward_shapes = [batch_size + shape for _, shape in plan.reward_plan]
+    next_reads = plan.next_reads
     zeros: dict = {}
-    steps: list[dict] = []
+    root_keys: list = []
+    root_cols: list[list] = []
+    next_cols: list[list] = [[] for _ in plan.next_record]
     for t in range(max_steps):
-        _run(plan.policy_calls, values)
-        work = dict(values)
+        if plan.samplers is None:
+            _run(plan.policy_calls, values)
+        else:
+            for key, sample in plan.samplers:
+                values[key] = sample(action_shape)
+        if t == 0:  # the root keys are the same at every step
+            root_keys = [k for k in values if k not in plan.constant_keys]
+            root_cols = [[] for _ in root_keys]
+        work = values.copy()  # the model must not change the root record
         _run(plan.step_calls, work)
         if plan.models_done:
-            nxt = env.finalize_step({k: work.get(nk) for k, nk in plan.next_keys}, batch_size, zeros)
+            nxt = env.finalize_step({k: work.get(nk) for k, nk in next_reads}, batch_size, zeros)
+            outputs = [nxt[k] for k in plan.next_record]
         else:  # observations and rewards only; done flags are all False, built at the end
-            nxt = {k: work.get(nk) for k, nk in plan.next_obs_reward}
-            if any(v is None for v in nxt.values()):
-                env.finalize_step({k: work.get(nk) for k, nk in plan.next_keys}, batch_size)
-            for key, shape in plan.reward_shapes:
-                nxt[key] = env._shaped(key, nxt[key], batch_size + shape)
-        record = dict(values)
-        for key, value in nxt.items():
-            record[_next(key)] = value
-        steps.append(record)
+            try:
+                outputs = [work[nk] for _, nk in next_reads]
+            except KeyError:  # the error names the missing key
+                env.finalize_step({k: work.get(nk) for k, nk in next_reads}, batch_size)
+                raise
+            for i, (key, _) in enumerate(plan.reward_plan):
+                j = plan.n_obs + i
+                if outputs[j].shape != reward_shapes[i]:
+                    outputs[j] = env._shaped(key, outputs[j], reward_shapes[i])
+        for col, key in zip(root_cols, root_keys, strict=True):
+            col.append(values[key])
+        for col, value in zip(next_cols, outputs, strict=True):
+            col.append(value)
         if t == max_steps - 1:
             break
         # step_mdp: observations and done flags move to the root; everything else stays
-        for key in plan.obs_keys:
-            values[key] = nxt[key]
+        for i, key in enumerate(plan.obs_keys):
+            values[key] = outputs[i]
         if plan.models_done:
             for key in plan.done_keys:
                 values[key] = nxt[key]
             if break_when_any_done and any(bool(values[k].any()) for k in plan.done_keys):
                 break
 
-    length = len(steps)
-    root: dict = {}
-    nested: dict = {}
-    constant = () if plan.models_done else plan.done_keys  # all-False flags, built below
-    for key in steps[0]:
-        if key in constant:
-            continue
-        value = torch.stack([s[key] for s in steps], dim)
-        if isinstance(key, tuple) and key[0] == "next":
-            nested[key[1:] if len(key) > 2 else key[1]] = value
-        else:
-            root[key] = value
+    length = len(next_cols[0])
+    root = {key: torch.stack(col, dim) for key, col in zip(root_keys, root_cols, strict=True)}
+    nested = {
+        key[1:] if len(key) > 2 else key[1]: torch.stack(col, dim)
+        for key, col in zip(plan.next_record_nested, next_cols, strict=True)
+    }
     if not plan.models_done:
         for key, shape, dtype in plan.done_plan:
             flags = torch.zeros((*batch_size, length, *shape), dtype=dtype, device=env.device)
@@ -187,20 +224,31 @@ def fast_rollout(
 class _Plan:
     """What a fast rollout needs, resolved once per (policy, world model, start keys)."""
 
-    def __init__(self, env, policy_modules, step_modules, available) -> None:
+    def __init__(self, env, policy_modules, samplers, step_modules, available) -> None:
         self.policy_calls = _compile_calls(policy_modules)
+        self.samplers = samplers
         self.step_calls = _compile_calls(step_modules)
         obs_keys, reward_plan, done_plan = env._step_plan()
         self.obs_keys = obs_keys
+        self.n_obs = len(obs_keys)
+        self.reward_plan = reward_plan
         self.done_plan = done_plan
         self.done_keys = [k for k, _, _ in done_plan]
-        self.reward_shapes = reward_plan
-        self.next_keys = [(k, _next(k)) for k in env._step_keys()]
-        self.next_obs_reward = [(k, _next(k)) for k in obs_keys] + [
-            (k, _next(k)) for k, _ in reward_plan
-        ]
         # without a module writing a done flag, every flag is False at every step
         self.models_done = any(_next(k) in available for k in self.done_keys)
+        read = {unravel_key(k) for m in policy_modules + step_modules for k in m.in_keys}
+        # root flags are only materialised when a module reads them or a model writes them
+        self.needs_flags = self.models_done or any(k in read for k in self.done_keys)
+        self.constant_keys = frozenset() if self.models_done else frozenset(self.done_keys)
+        # (env key, key the model writes) for every observation, reward and done flag
+        self.next_reads = [(k, _next(k)) for k in env._step_keys()]
+        # keys recorded under "next", in order: observations, rewards[, done flags]
+        self.next_record = obs_keys + [k for k, _ in reward_plan]
+        if self.models_done:
+            self.next_record = self.next_record + self.done_keys
+        else:
+            self.next_reads = self.next_reads[: len(self.next_record)]
+        self.next_record_nested = [_next(k) for k in self.next_record]
 
 
 def _plan(env, policy, start_keys: frozenset) -> _Plan | None:
@@ -211,24 +259,84 @@ def _plan(env, policy, start_keys: frozenset) -> _Plan | None:
     """
     components = tuple(m for _, m in env.full_world_model.components(_STEP_ORDER))
     key = ("reverie_fast_plan", policy, components, start_keys)
-    if key in env._cache:
-        return env._cache[key]
+    plan = env._cache.get(key, False)
+    if plan is not False:
+        return plan
     plan = None
-    policy_modules = plain_modules(policy)
     step_modules = plain_modules(env.world_model)
-    if policy_modules is not None and step_modules is not None:
-        # every module input must be a start leaf or an earlier module's output
-        available = set(start_keys)
-        ok = True
-        for module in policy_modules + step_modules:
+    if policy is None:
+        policy_modules, samplers = [], _action_samplers(env)
+        ok = samplers is not None
+        written = {k for k, _ in samplers} if ok else set()
+    else:
+        policy_modules, samplers = plain_modules(policy), None
+        ok = policy_modules is not None
+        written = set()
+    if ok and step_modules is not None:
+        # every module input must be a start leaf (done flags included) or an earlier
+        # module's output; the policy writes root keys only
+        done_keys = {k for k, _, _ in env._step_plan()[2]}
+        available = set(start_keys) | done_keys | written
+        for module in policy_modules:
+            out_keys = [unravel_key(k) for k in module.out_keys]
+            if any(unravel_key(k) not in available for k in module.in_keys) or any(
+                isinstance(k, tuple) and k[0] == "next" for k in out_keys
+            ):
+                ok = False
+                break
+            available.update(out_keys)
+        for module in step_modules if ok else ():
             if any(unravel_key(k) not in available for k in module.in_keys):
                 ok = False
                 break
             available.update(unravel_key(k) for k in module.out_keys)
         if ok:
-            plan = _Plan(env, policy_modules, step_modules, available)
+            plan = _Plan(env, policy_modules or [], samplers, step_modules, available)
     env._cache[key] = plan
     return plan
+
+
+def _action_samplers(env) -> list[tuple[NestedKey, Callable]] | None:
+    """One ``(key, sample(shape))`` per action leaf, drawing what ``env.rand_action`` draws.
+
+    ``rand_action`` calls ``full_action_spec.rand(shape)``, which samples each entry in
+    order with ``spec.rand(shape)``. Continuous :class:`Bounded` entries get an
+    equivalent sampler without the per-call spec overhead; other entries call their own
+    ``rand``. ``None`` for nested action specs.
+    """
+    samplers = []
+    for key, spec in env.full_action_spec.items():
+        if spec is None:
+            continue
+        if isinstance(spec, Composite):
+            return None
+        samplers.append((unravel_key(key), _sampler(spec)))
+    return samplers
+
+
+def _sampler(spec) -> Callable[[torch.Size], torch.Tensor]:
+    """``spec.rand``, or for a continuous :class:`Bounded` spec the same draw written directly.
+
+    ``Bounded.rand`` (TorchRL 0.14) computes ``zeros(shape).uniform_() * (high - low) +
+    low`` and clamps to ``[low, high]``; this sampler performs the same operations on the
+    same random numbers, so the values are bit-identical (a test checks it).
+    """
+    if (
+        isinstance(spec, Bounded)
+        and type(spec).rand is Bounded.rand
+        and spec.dtype in (torch.float, torch.double, torch.half)
+        and all(d >= 0 for d in spec.shape)
+    ):
+        space, dtype, device, spec_shape = spec.space, spec.dtype, spec.device, spec.shape
+
+        def sample(shape: torch.Size) -> torch.Tensor:
+            low, high = space.low, space.high
+            out = torch.empty((*shape, *spec_shape), dtype=dtype, device=device).uniform_()
+            out = out.mul_(high - low).add_(low)
+            return out.clamp_(low, high)
+
+        return sample
+    return spec.rand
 
 
 def _leaves(td: TensorDictBase) -> dict | None:
@@ -240,12 +348,13 @@ def _leaves(td: TensorDictBase) -> dict | None:
     return values
 
 
-def _reset_values(env, tensordict: TensorDictBase) -> dict | None:
-    """``env.reset(tensordict)`` as a flat dict, without building TensorDicts.
+def _start_leaves(env, tensordict: TensorDictBase) -> dict | None:
+    """The start's leaves minus the real observations the model does not predict.
 
-    Equals the leaves of ``env.reset(tensordict)``: the start's leaves minus the real
-    observations the model does not predict, plus all-False done flags. ``None`` when
-    the start lacks a key the reset needs (``env.reset`` then raises its error).
+    These are the leaves of ``env.reset(tensordict)`` apart from the done flags (and the
+    leaves of ``env.maybe_reset(tensordict)`` apart from the flags it fills in). ``None``
+    when the start lacks an observation the env needs or holds non-tensor data
+    (``EnvBase.rollout`` then raises ``reset``'s error or handles it).
     """
     values = _leaves(tensordict)
     if values is None:
@@ -254,21 +363,9 @@ def _reset_values(env, tensordict: TensorDictBase) -> dict | None:
         prefix = dropped if isinstance(dropped, tuple) else (dropped,)
         for key in [k for k in values if (k if isinstance(k, tuple) else (k,))[: len(prefix)] == prefix]:
             del values[key]
-    obs_keys, _, done_plan = env._step_plan()
-    if any(k not in values for k in obs_keys):
+    if any(k not in values for k in env._step_plan()[0]):
         return None
-    lead = tensordict.batch_size
-    for key, shape, dtype in done_plan:
-        values[key] = torch.zeros((*lead, *shape), dtype=dtype, device=env.device)
     return values
-
-
-def _needs_reset(env, tensordict: TensorDictBase) -> bool:
-    """Whether ``EnvBase.maybe_reset`` would act (missing or set done flags)."""
-    done_keys = [k for k, _, _ in env._step_plan()[2]]
-    if any(tensordict.get(k, None) is None for k in done_keys):
-        return True
-    return any(bool(tensordict.get(k).any()) for k in done_keys)
 
 
 def _tensordict(root: dict, nested: dict, batch_size: tuple, device) -> TensorDictBase:

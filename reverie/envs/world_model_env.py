@@ -256,18 +256,28 @@ class WorldModelEnv(ModelBasedEnvBase):
     ) -> TensorDictBase:
         """``EnvBase.rollout`` with a fast path for imagined rollouts.
 
-        When the policy and the world model are chains of plain ``TensorDictModule``s
-        and no option needs the generic loop (``callback``, ``break_when_all_done``,
+        When the world model and the policy are chains of plain ``TensorDictModule``s
+        (or the policy is ``None``: random actions from the action spec) and no option
+        needs the generic loop (``callback``, ``break_when_all_done``,
         ``return_contiguous=False`` and the other keyword options of ``EnvBase.rollout``),
         the rollout runs on flat tensors (:func:`reverie.envs.fast_rollout.fast_rollout`)
-        and returns exactly what ``EnvBase.rollout`` returns, several times faster. Set
-        ``env.fast_rollout = False`` to always use the generic loop.
+        and returns exactly what ``EnvBase.rollout`` returns (the same random draws
+        included), several times faster. Set ``env.fast_rollout = False`` to always use
+        the generic loop.
+
+        With ``auto_reset=False`` the start is taken as the current state: done flags it
+        lacks are filled in as ``reset`` fills them (all ``False``, shaped by the done
+        spec), flags it carries are kept, and the real observations the model does not
+        predict are dropped. A start from ``world_model.encode(...)`` therefore gives the
+        same rollout with ``auto_reset=False`` as with ``auto_reset=True``. The caller's
+        ``tensordict`` is never modified.
 
         Args:
             max_steps: rollout length ``T``.
             policy: a TensorDict module writing the action (random actions when ``None``).
             callback, kwargs: as in :meth:`torchrl.envs.EnvBase.rollout`.
-            auto_reset: reset from ``tensordict`` first (it must hold the initial latent).
+            auto_reset: reset from ``tensordict`` first (it must hold the initial latent);
+                with ``False`` the rollout starts from ``tensordict`` as it is (see above).
             break_when_any_done: stop after the first step where any done flag is set
                 (default ``True`` unless ``break_when_all_done``).
             break_when_all_done: stop when every trajectory is done.
@@ -283,7 +293,6 @@ class WorldModelEnv(ModelBasedEnvBase):
             stop_any = not break_when_all_done
         fast = (
             self.fast_rollout
-            and policy is not None
             and callback is None
             and not break_when_all_done
             and return_contiguous in (True, None)
@@ -297,6 +306,8 @@ class WorldModelEnv(ModelBasedEnvBase):
             )
             if out is not None:
                 return out
+        if not auto_reset and tensordict is not None:
+            tensordict = self._complete_start(tensordict)
         return super().rollout(
             max_steps, policy, callback, auto_reset=auto_reset,
             break_when_any_done=break_when_any_done, break_when_all_done=break_when_all_done,
@@ -314,21 +325,56 @@ class WorldModelEnv(ModelBasedEnvBase):
         sliced from a real rollout has a ``"time"`` dim; the rollout adds its own).
         """
         if tensordict is not None:
-            # a shallow copy: the caller's start tensordict is left as it was
-            tensordict = tensordict.exclude(*self._unmodelled_keys).copy()
-            # starts taken from a real rollout carry a "time" dim name; imagination adds
-            # its own "time" dim, so the start's batch dims are left unnamed
-            if any(name is not None for name in tensordict.names):
-                tensordict.names = None
+            tensordict = self._prepare_start(tensordict)
         return super().reset(tensordict, **kwargs)
+
+    def _prepare_start(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """A shallow copy of a start without real observations the model does not predict.
+
+        The caller's tensordict is left as it was. Starts taken from a real rollout carry
+        a ``"time"`` dim name; imagination adds its own ``"time"`` dim, so the start's
+        batch dims are left unnamed.
+        """
+        tensordict = tensordict.exclude(*self._unmodelled_keys).copy()
+        if any(name is not None for name in tensordict.names):
+            tensordict.names = None
+        return tensordict
+
+    def _zero_done_flags(self, batch_size: torch.Size) -> dict[NestedKey, torch.Tensor]:
+        """All-``False`` done flags for a start of batch ``batch_size``, as ``reset`` writes them."""
+        lead = batch_size[: len(batch_size) - len(self.batch_size)]
+        return {key: spec.zero(lead) for key, spec in self.full_done_spec.items(True, True)}
+
+    def _start_is_complete(self, tensordict: TensorDictBase) -> bool:
+        """Whether ``tensordict`` has every done flag and no observation the model cannot predict."""
+        if any(tensordict.get(key, None) is None for key in self.done_keys):
+            return False
+        return all(tensordict.get(key, None) is None for key in self._unmodelled_keys)
+
+    def _complete_start(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """The state ``tensordict`` describes, ready to step (``rollout(auto_reset=False)``).
+
+        A shallow copy (see :meth:`_prepare_start`) with the done flags it lacks filled in
+        as ``reset`` fills them (all ``False``); flags it carries are kept as they are.
+        """
+        tensordict = self._prepare_start(tensordict)
+        for key, flag in self._zero_done_flags(tensordict.batch_size).items():
+            if tensordict.get(key, None) is None:
+                tensordict.set(key, flag)
+        return tensordict
 
     def maybe_reset(self, tensordict: TensorDictBase) -> TensorDictBase:
         """No partial resets: there is no fresh latent to restart an ended trajectory from.
 
         With ``break_when_any_done=False`` an ended trajectory keeps being imagined past
         its end; its done flags mark the end for value estimators (GAE, TD(lambda)).
+        ``EnvBase.rollout(auto_reset=False)`` starts here: a start that lacks done flags
+        (e.g. straight from ``world_model.encode``) or still holds the real observations
+        it was encoded from is completed as ``rollout(auto_reset=False)`` describes.
         """
-        return tensordict
+        if self._start_is_complete(tensordict):
+            return tensordict
+        return self._complete_start(tensordict)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         if tensordict is None or tensordict.get(self.latent_key, None) is None:
@@ -346,8 +392,8 @@ class WorldModelEnv(ModelBasedEnvBase):
                     "observation spec); add it, or leave it out of observation_spec."
                 )
             out.set(key, value)
-        for key, spec in self.full_done_spec.items(True, True):
-            out.set(key, spec.zero(tensordict.batch_size[: tensordict.ndim - len(self.batch_size)]))
+        for key, flag in self._zero_done_flags(tensordict.batch_size).items():
+            out.set(key, flag)
         return out
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:

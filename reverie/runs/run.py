@@ -135,28 +135,22 @@ class Run:
             for a resumed run TensorBoard is opened by :meth:`load`), for anything beyond
             scalars (e.g. ``log_video``).
 
-    Example (the shape of every recipe's ``train``)::
+    Recipes do not use a ``Run`` directly: the shared loop
+    :func:`reverie.training.train` opens one and calls :meth:`load`, :meth:`log`,
+    :meth:`checkpoint_due`, :meth:`save` and :meth:`finish` in that order. A custom loop
+    can do the same::
 
-        def train(config: Config) -> dict:
-            run = Run("mytoy", config)
-            config = run.config
-            model = nn.Linear(3, 1)
-            optim = torch.optim.Adam(model.parameters(), lr=config.lr)
-            state = run.load()                       # None for a new run
-            step = 0
-            if state is not None:
-                model.load_state_dict(state["model"])
-                optim.load_state_dict(state["optim"])
-                step = state["step"]
-            with run.progress(config.total_steps, "training") as bar:
-                while step < config.total_steps:
-                    loss = ...; step += 1; bar.update(1)
-                    run.log({"train/loss": loss.item()}, step)
-                    if run.checkpoint_due(step):
-                        run.save({"step": step, "model": model.state_dict(),
-                                  "optim": optim.state_dict()})
-            run.save({"step": step, "model": model.state_dict(), "optim": optim.state_dict()})
-            return run.finish({"train/loss": loss.item()})
+        run = Run("mytoy", config)
+        config = run.config                      # on resume: the saved config
+        state = run.load()                       # None for a new run
+        step = 0 if state is None else state["step"]
+        with run.progress(config.total_steps, "training") as bar:
+            while step < config.total_steps:
+                loss = ...; step += 1; bar.update(1)
+                run.log({"train/loss": loss}, step)
+                if run.checkpoint_due(step):
+                    run.save({"step": step, "model": model.state_dict()})
+        return run.finish({"train/loss": loss})
     """
 
     #: the folder of the most recently created run (the CLI prints it on Ctrl-C)

@@ -97,7 +97,9 @@ def make_collector(
             "collector_workers that divide it.")
     with torch.random.fork_rng():
         if policy is None:
-            policy = RandomPolicy(env_factory().full_action_spec)
+            env = env_factory()
+            policy = RandomPolicy(env.full_action_spec.clone())
+            env.close()
         common = {"frames_per_batch": frames_per_batch, "total_frames": -1,
                   "env_device": "cpu", "storing_device": "cpu", "policy_device": policy_device,
                   "reset_at_each_iter": True, "set_truncated": True}
