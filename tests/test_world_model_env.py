@@ -10,6 +10,7 @@ from torchrl.envs.utils import check_env_specs
 from torchrl.objectives.value import GAE, TDLambdaEstimator
 
 from reverie.envs import WorldModelEnv
+from reverie.envs.fast_rollout import _sampler, fast_rollout
 from reverie.modules import WorldModel
 from tests.helpers import (
     SpecOnlyEnv,
@@ -232,12 +233,18 @@ def _two_stage_policy():
 @pytest.mark.parametrize(
     "case",
     ["base_env", "batched_env", "explicit", "done_head", "decoder_obs", "two_stage_policy",
-     "no_auto_reset", "nested_batch", "done_head_nonstop"],
+     "no_auto_reset", "nested_batch", "done_head_nonstop", "random_actions",
+     "random_actions_batched_env", "encoded_no_auto_reset", "encoded_no_auto_reset_random",
+     "done_head_encoded_no_auto_reset", "unbatched_start"],
 )
 def test_fast_rollout_equals_generic_rollout(case):
     wm = make_world_model()
-    policy = policy_module()
+    policy = None if "random" in case else policy_module()
     batch, kwargs, env_kwargs = (5,), {}, {}
+    if case == "random_actions_batched_env":
+        env_kwargs["batch_size"] = (5,)
+    if case == "unbatched_start":
+        batch = ()
     if case == "batched_env":
         env_kwargs["batch_size"] = (5,)
     if case.startswith("done_head"):
@@ -256,11 +263,19 @@ def test_fast_rollout_equals_generic_rollout(case):
     start = start_td(wm, batch) if not case.startswith("done_head") else TensorDict({"latent": torch.zeros(5, 4)}, [5])
     if case == "no_auto_reset":
         start = env.reset(start)
+    if "no_auto_reset" in case:
         kwargs["auto_reset"] = False
     with torch.no_grad():
+        torch.manual_seed(0)
         generic = EnvBase.rollout(env, 8, policy, tensordict=start.clone(), **kwargs)
+        torch.manual_seed(0)
         fast = env.rollout(8, policy, tensordict=start.clone(), **kwargs)
     _assert_identical(fast, generic)
+    # the fast path really ran (it gives up by returning None)
+    assert fast_rollout(
+        env, 8, policy, start.clone(), auto_reset=kwargs.get("auto_reset", True),
+        break_when_any_done=kwargs.get("break_when_any_done", True),
+    ) is not None
 
 
 def test_fast_rollout_is_used_and_can_be_disabled(monkeypatch):
@@ -311,3 +326,85 @@ def test_starts_sliced_from_a_real_rollout_keep_their_dim_names_out():
         r = env.rollout(3, policy, tensordict=start)
         assert r.shape == (4, 3) and r.names == [None, "time"]
     assert start.names == ["time"]  # the caller's tensordict is untouched
+
+
+# ------------------------------------------------------------- rollout(auto_reset=False)
+def _encoded_start(wm, batch):
+    return wm.encode(TensorDict({"observation": torch.randn(*batch, 3)}, batch))
+
+
+@pytest.mark.parametrize("batch", [(1,), (8,), ()])
+@pytest.mark.parametrize("use_policy", [True, False])
+@pytest.mark.parametrize("done", ["none", "threshold", "counting"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_rollout_without_reset_from_an_encoded_start_equals_auto_reset(batch, use_policy, done, fast):
+    """``rollout(auto_reset=False)`` from ``world_model.encode(...)`` (no done flags, the
+    real observation still in it) is the rollout ``auto_reset=True`` gives, on both paths."""
+    torch.manual_seed(0)
+    if done == "counting":
+        wm = _counting_world_model("probability")
+    else:
+        head = threshold_done_head(threshold=0.3) if done == "threshold" else None
+        wm = make_world_model(done_head=head)
+    env = WorldModelEnv(wm, SpecOnlyEnv())
+    env.fast_rollout = fast
+    policy = policy_module() if use_policy else None
+    start = _encoded_start(wm, batch)
+    before = start.clone()
+    rollouts = {}
+    with torch.no_grad():
+        for auto_reset in (True, False):
+            torch.manual_seed(1)  # the same random actions
+            rollouts[auto_reset] = env.rollout(15, policy, tensordict=start, auto_reset=auto_reset)
+    _assert_identical(rollouts[False], rollouts[True])
+    assert rollouts[False].batch_size[:-1] == batch and rollouts[False].names[-1] == "time"
+    assert "observation" not in rollouts[False].keys()
+    # the caller's start is left as it was
+    assert set(start.keys(True, True)) == set(before.keys(True, True))
+    assert all(torch.equal(start.get(k), before.get(k)) for k in before.keys(True, True))
+
+
+def test_encoded_start_without_reset_goes_through_envbase_rollout():
+    """``EnvBase.rollout(auto_reset=False)`` itself completes the start (``maybe_reset``)."""
+    wm = make_world_model(done_head=threshold_done_head(threshold=0.3))
+    env = WorldModelEnv(wm, SpecOnlyEnv())
+    start = _encoded_start(wm, (8,))
+    with torch.no_grad():
+        torch.manual_seed(1)
+        generic = EnvBase.rollout(env, 15, tensordict=start.clone(), auto_reset=False)
+        torch.manual_seed(1)
+        reset = env.rollout(15, tensordict=start)
+    _assert_identical(generic, reset)
+    assert env.maybe_reset(env.reset(start)).keys() == env.reset(start).keys()
+
+
+def test_rollout_without_reset_keeps_the_done_flags_it_is_given():
+    """A start that carries done flags is continued as it is: a set flag is not reset."""
+    wm = make_world_model()
+    env = WorldModelEnv(wm, SpecOnlyEnv())
+    start = env.reset(start_td(wm, (4,)))
+    start["done"][0] = True  # only "done": "terminated" stays False
+    for fast in (True, False):
+        env.fast_rollout = fast
+        r = env.rollout(3, policy_module(), tensordict=start, auto_reset=False)
+        assert r["done"][0, 0] and not r["done"][1:, 0].any() and not r["terminated"][:, 0].any()
+        assert r.shape == (4, 3)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        Bounded(-1.0, 1.0, (6,)),
+        Bounded(torch.tensor([-2.0, 0.0, 3.0]), torch.tensor([-1.0, 5.0, 3.5]), (3,)),
+        Bounded(-1.0, 1.0, (2, 3), dtype=torch.float64),
+    ],
+)
+@pytest.mark.parametrize("shape", [(), (1,), (4, 2)])
+def test_fast_random_actions_are_the_action_specs_own_draws(spec, shape):
+    torch.manual_seed(3)
+    expected = [spec.rand(torch.Size(shape)) for _ in range(3)]
+    torch.manual_seed(3)
+    got = [_sampler(spec)(torch.Size(shape)) for _ in range(3)]
+    for e, g in zip(expected, got, strict=True):
+        assert e.dtype == g.dtype and e.shape == g.shape
+        assert torch.equal(e, g)

@@ -160,58 +160,16 @@ def fast_rollout(
         elif not plan.needs_flags:
             del values[key]
 
-    dim = len(batch_size)
-    action_shape = batch_size if not env.batch_size else torch.Size([])
-    reward_shapes = [batch_size + shape for _, shape in plan.reward_plan]
-    next_reads = plan.next_reads
-    zeros: dict = {}
-    root_keys: list = []
-    root_cols: list[list] = []
-    next_cols: list[list] = [[] for _ in plan.next_record]
-    for t in range(max_steps):
-        if plan.samplers is None:
-            _run(plan.policy_calls, values)
-        else:
-            for key, sample in plan.samplers:
-                values[key] = sample(action_shape)
-        if t == 0:  # the root keys are the same at every step
-            root_keys = [k for k in values if k not in plan.constant_keys]
-            root_cols = [[] for _ in root_keys]
-        work = values.copy()  # the model must not change the root record
-        _run(plan.step_calls, work)
-        if plan.models_done:
-            nxt = env.finalize_step({k: work.get(nk) for k, nk in next_reads}, batch_size, zeros)
-            outputs = [nxt[k] for k in plan.next_record]
-        else:  # observations and rewards only; done flags are all False, built at the end
-            try:
-                outputs = [work[nk] for _, nk in next_reads]
-            except KeyError:  # the error names the missing key
-                env.finalize_step({k: work.get(nk) for k, nk in next_reads}, batch_size)
-                raise
-            for i, (key, _) in enumerate(plan.reward_plan):
-                j = plan.n_obs + i
-                if outputs[j].shape != reward_shapes[i]:
-                    outputs[j] = env._shaped(key, outputs[j], reward_shapes[i])
-        for col, key in zip(root_cols, root_keys, strict=True):
-            col.append(values[key])
-        for col, value in zip(next_cols, outputs, strict=True):
-            col.append(value)
-        if t == max_steps - 1:
-            break
-        # step_mdp: observations and done flags move to the root; everything else stays
-        for i, key in enumerate(plan.obs_keys):
-            values[key] = outputs[i]
-        if plan.models_done:
-            for key in plan.done_keys:
-                values[key] = nxt[key]
-            if break_when_any_done and any(bool(values[k].any()) for k in plan.done_keys):
-                break
+    records, outputs = _loop(env, plan, values, max_steps, batch_size, break_when_any_done)
 
-    length = len(next_cols[0])
-    root = {key: torch.stack(col, dim) for key, col in zip(root_keys, root_cols, strict=True)}
+    dim, length = len(batch_size), len(records)
+    root = {
+        key: torch.stack([r[key] for r in records], dim)
+        for key in records[0]
+        if key not in plan.unrecorded
+    }
     nested = {
-        key[1:] if len(key) > 2 else key[1]: torch.stack(col, dim)
-        for key, col in zip(plan.next_record_nested, next_cols, strict=True)
+        key: torch.stack([o[i] for o in outputs], dim) for i, key in enumerate(plan.next_record_nested)
     }
     if not plan.models_done:
         for key, shape, dtype in plan.done_plan:
@@ -219,6 +177,56 @@ def fast_rollout(
             root[key] = flags
             nested[key] = flags.clone()
     return _tensordict(root, nested, (*batch_size, length), tensordict.device)
+
+
+def _loop(env, plan: _Plan, values: dict, max_steps: int, batch_size: torch.Size, stop: bool):
+    """The step loop: ``(records, outputs)``, one entry per step taken.
+
+    ``records[t]`` holds the root leaves at time t (it may also hold the model's
+    ``"next"`` outputs, left out when stacking); ``outputs[t]`` lists the values of
+    ``plan.next_record`` at t+1.
+    """
+    policy_calls, samplers, step_calls = plan.policy_calls, plan.samplers, plan.step_calls
+    models_done, copy_root = plan.models_done, plan.step_writes_root
+    next_keys, obs_moves = plan.next_model_keys, plan.obs_moves
+    action_shape = batch_size if not env.batch_size else torch.Size([])
+    reward_checks = [(i, key, batch_size + shape) for i, key, shape in plan.reward_checks]
+    zeros: dict = {}
+    records: list[dict] = []
+    outputs: list[list] = []
+    for t in range(max_steps):
+        if samplers is None:
+            _run(policy_calls, values)
+        else:
+            for key, sample in samplers:
+                values[key] = sample(action_shape)
+        work = values.copy()  # the model's writes must not reach the root record
+        _run(step_calls, work)
+        if models_done:
+            nxt = env.finalize_step({k: work.get(nk) for k, nk in plan.next_reads}, batch_size, zeros)
+            out = [nxt[k] for k in plan.next_record]
+        else:  # observations and rewards only; done flags are all False, built at the end
+            try:
+                out = [work[nk] for nk in next_keys]
+            except KeyError:  # finalize_step raises the error that names the key
+                env.finalize_step({k: work.get(nk) for k, nk in plan.next_reads}, batch_size)
+                raise
+            for i, key, full in reward_checks:
+                if out[i].shape != full:
+                    out[i] = env._shaped(key, out[i], full)
+        records.append(values.copy() if copy_root else work)
+        outputs.append(out)
+        if t == max_steps - 1:
+            break
+        # step_mdp: observations and done flags move to the root; everything else stays
+        for i, key in obs_moves:
+            values[key] = out[i]
+        if models_done:
+            for key in plan.done_keys:
+                values[key] = nxt[key]
+            if stop and any(bool(values[k].any()) for k in plan.done_keys):
+                break
+    return records, outputs
 
 
 class _Plan:
@@ -229,9 +237,6 @@ class _Plan:
         self.samplers = samplers
         self.step_calls = _compile_calls(step_modules)
         obs_keys, reward_plan, done_plan = env._step_plan()
-        self.obs_keys = obs_keys
-        self.n_obs = len(obs_keys)
-        self.reward_plan = reward_plan
         self.done_plan = done_plan
         self.done_keys = [k for k, _, _ in done_plan]
         # without a module writing a done flag, every flag is False at every step
@@ -239,16 +244,22 @@ class _Plan:
         read = {unravel_key(k) for m in policy_modules + step_modules for k in m.in_keys}
         # root flags are only materialised when a module reads them or a model writes them
         self.needs_flags = self.models_done or any(k in read for k in self.done_keys)
-        self.constant_keys = frozenset() if self.models_done else frozenset(self.done_keys)
         # (env key, key the model writes) for every observation, reward and done flag
         self.next_reads = [(k, _next(k)) for k in env._step_keys()]
         # keys recorded under "next", in order: observations, rewards[, done flags]
         self.next_record = obs_keys + [k for k, _ in reward_plan]
         if self.models_done:
             self.next_record = self.next_record + self.done_keys
-        else:
-            self.next_reads = self.next_reads[: len(self.next_record)]
-        self.next_record_nested = [_next(k) for k in self.next_record]
+        self.next_model_keys = [_next(k) for k in self.next_record]
+        self.next_record_nested = [k[1:] if len(k) > 2 else k[1] for k in self.next_model_keys]
+        self.obs_moves = list(enumerate(obs_keys))
+        self.reward_checks = [(len(obs_keys) + i, k, shape) for i, (k, shape) in enumerate(reward_plan)]
+        # a step module writing a root key (not under "next") would change the record
+        step_out = {unravel_key(k) for m in step_modules for k in m.out_keys}
+        self.step_writes_root = any(not (isinstance(k, tuple) and k[0] == "next") for k in step_out)
+        # keys of a record that are not root leaves of the rollout
+        constant = set() if self.models_done else set(self.done_keys)
+        self.unrecorded = frozenset(constant | (set() if self.step_writes_root else step_out))
 
 
 def _plan(env, policy, start_keys: frozenset) -> _Plan | None:
@@ -257,7 +268,8 @@ def _plan(env, policy, start_keys: frozenset) -> _Plan | None:
     Cached in ``env._cache`` (cleared when specs change) under the policy and world-model
     component objects themselves, so a reassigned head gets a new plan.
     """
-    components = tuple(m for _, m in env.full_world_model.components(_STEP_ORDER))
+    world_model = env.full_world_model
+    components = tuple(getattr(world_model, name) for name in _STEP_ORDER)
     key = ("reverie_fast_plan", policy, components, start_keys)
     plan = env._cache.get(key, False)
     if plan is not False:
@@ -340,6 +352,10 @@ def _sampler(spec) -> Callable[[torch.Size], torch.Tensor]:
 
 
 def _leaves(td: TensorDictBase) -> dict | None:
+    """``{key: tensor}`` for every leaf of ``td`` (nested keys as tuples); ``None`` for non-tensor data."""
+    values = dict(td.items())
+    if all(isinstance(value, torch.Tensor) for value in values.values()):
+        return values  # flat: the common case, no nested iteration
     values = {}
     for key, value in td.items(True, True):
         if not isinstance(value, torch.Tensor):
@@ -360,9 +376,12 @@ def _start_leaves(env, tensordict: TensorDictBase) -> dict | None:
     if values is None:
         return None
     for dropped in env._unmodelled_keys:
-        prefix = dropped if isinstance(dropped, tuple) else (dropped,)
-        for key in [k for k in values if (k if isinstance(k, tuple) else (k,))[: len(prefix)] == prefix]:
-            del values[key]
+        if dropped in values:
+            del values[dropped]
+        if isinstance(dropped, tuple) or any(isinstance(k, tuple) for k in values):
+            prefix = dropped if isinstance(dropped, tuple) else (dropped,)
+            for key in [k for k in values if isinstance(k, tuple) and k[: len(prefix)] == prefix]:
+                del values[key]
     if any(k not in values for k in env._step_plan()[0]):
         return None
     return values
