@@ -99,7 +99,8 @@ def make_collector(
         if policy is None:
             env = env_factory()
             policy = RandomPolicy(env.full_action_spec.clone())
-            env.close()
+            if not env.is_closed:  # a batched env that never started is closed already
+                env.close()
         common = {"frames_per_batch": frames_per_batch, "total_frames": -1,
                   "env_device": "cpu", "storing_device": "cpu", "policy_device": policy_device,
                   "reset_at_each_iter": True, "set_truncated": True}
