@@ -235,7 +235,7 @@ def _two_stage_policy():
     ["base_env", "batched_env", "explicit", "done_head", "decoder_obs", "two_stage_policy",
      "no_auto_reset", "nested_batch", "done_head_nonstop", "random_actions",
      "random_actions_batched_env", "encoded_no_auto_reset", "encoded_no_auto_reset_random",
-     "done_head_encoded_no_auto_reset", "unbatched_start"],
+     "done_head_encoded_no_auto_reset", "unbatched_start", "model_writes_root", "flat_reward"],
 )
 def test_fast_rollout_equals_generic_rollout(case):
     wm = make_world_model()
@@ -253,6 +253,13 @@ def test_fast_rollout_equals_generic_rollout(case):
         kwargs["break_when_any_done"] = False
     if case == "decoder_obs":
         wm = _decoder_world_model()
+    if case == "model_writes_root":  # a root key the env does not declare: left out
+        wm.decoder = TensorDictModule(torch.nn.Linear(4, 3), [("next", "latent")], ["decoded"])
+    if case == "flat_reward":  # rewards of shape (B,) are shaped to the spec's (B, 1)
+        wm.reward_head = TensorDictModule(
+            torch.nn.Sequential(torch.nn.Linear(4, 1), torch.nn.Flatten(-2)), [("next", "latent")],
+            [("next", "reward")],
+        )
     if case == "two_stage_policy":
         policy = _two_stage_policy()
     if case == "nested_batch":

@@ -160,16 +160,28 @@ def fast_rollout(
         elif not plan.needs_flags:
             del values[key]
 
-    records, outputs = _loop(env, plan, values, max_steps, batch_size, break_when_any_done)
-
-    dim, length = len(batch_size), len(records)
+    dim = len(batch_size)
+    action_shape = batch_size if not env.batch_size else torch.Size([])
+    if plan.lean:
+        records = _lean_loop(env, plan, values, max_steps, batch_size, action_shape)
+        nested = {}
+        for key, model_key, nested_key in plan.next_columns:
+            try:
+                column = [r[model_key] for r in records]
+            except KeyError:  # finalize_step raises the error that names the key
+                env.finalize_step({k: records[-1].get(nk) for k, nk in plan.next_reads}, batch_size)
+                raise
+            nested[nested_key] = _stack_shaped(env, key, column, plan.reward_shapes.get(key), batch_size, dim)
+    else:
+        records, outputs = _loop(env, plan, values, max_steps, batch_size, action_shape, break_when_any_done)
+        nested = {
+            key: torch.stack([o[i] for o in outputs], dim) for i, key in enumerate(plan.next_record_nested)
+        }
+    length = len(records)
     root = {
         key: torch.stack([r[key] for r in records], dim)
         for key in records[0]
         if key not in plan.unrecorded
-    }
-    nested = {
-        key: torch.stack([o[i] for o in outputs], dim) for i, key in enumerate(plan.next_record_nested)
     }
     if not plan.models_done:
         for key, shape, dtype in plan.done_plan:
@@ -179,21 +191,25 @@ def fast_rollout(
     return _tensordict(root, nested, (*batch_size, length), tensordict.device)
 
 
-def _loop(env, plan: _Plan, values: dict, max_steps: int, batch_size: torch.Size, stop: bool):
-    """The step loop: ``(records, outputs)``, one entry per step taken.
+def _act(plan: _Plan, values: dict, action_shape: torch.Size) -> None:
+    if plan.samplers is None:
+        _run(plan.policy_calls, values)
+    else:
+        for key, sample in plan.samplers:
+            values[key] = sample(action_shape)
 
-    ``records[t]`` holds the root leaves at time t (it may also hold the model's
-    ``"next"`` outputs, left out when stacking); ``outputs[t]`` lists the values of
-    ``plan.next_record`` at t+1.
+
+def _lean_loop(env, plan: _Plan, values: dict, max_steps: int, batch_size, action_shape) -> list[dict]:
+    """The step loop without a done model: one dict per step, the root leaves at time t
+    plus what the model wrote (``"next"`` keys; the model writes no root key here).
+
+    No trajectory can end, so all ``max_steps`` steps are taken; rewards are shaped when
+    stacked (:func:`_stack_shaped`).
     """
     policy_calls, samplers, step_calls = plan.policy_calls, plan.samplers, plan.step_calls
-    models_done, copy_root = plan.models_done, plan.step_writes_root
-    next_keys, obs_moves = plan.next_model_keys, plan.obs_moves
-    action_shape = batch_size if not env.batch_size else torch.Size([])
-    reward_checks = [(i, key, batch_size + shape) for i, key, shape in plan.reward_checks]
-    zeros: dict = {}
+    obs_moves = plan.obs_moves_lean
     records: list[dict] = []
-    outputs: list[list] = []
+    last = max_steps - 1
     for t in range(max_steps):
         if samplers is None:
             _run(policy_calls, values)
@@ -202,26 +218,56 @@ def _loop(env, plan: _Plan, values: dict, max_steps: int, batch_size: torch.Size
                 values[key] = sample(action_shape)
         work = values.copy()  # the model's writes must not reach the root record
         _run(step_calls, work)
-        if models_done:
-            nxt = env.finalize_step({k: work.get(nk) for k, nk in plan.next_reads}, batch_size, zeros)
-            out = [nxt[k] for k in plan.next_record]
-        else:  # observations and rewards only; done flags are all False, built at the end
-            try:
-                out = [work[nk] for nk in next_keys]
-            except KeyError:  # finalize_step raises the error that names the key
-                env.finalize_step({k: work.get(nk) for k, nk in plan.next_reads}, batch_size)
-                raise
-            for i, key, full in reward_checks:
-                if out[i].shape != full:
-                    out[i] = env._shaped(key, out[i], full)
-        records.append(values.copy() if copy_root else work)
+        records.append(work)
+        if t == last:
+            break
+        try:  # step_mdp: observations move to the root; everything else stays
+            for key, model_key in obs_moves:
+                values[key] = work[model_key]
+        except KeyError:  # finalize_step raises the error that names the key
+            env.finalize_step({k: work.get(nk) for k, nk in plan.next_reads}, batch_size)
+            raise
+    return records
+
+
+def _stack_shaped(env, key, column: list, shape, batch_size: torch.Size, dim: int) -> torch.Tensor:
+    """``torch.stack(column, dim)`` of one key's steps; rewards (``shape`` given) are first
+    shaped to ``(*B, *shape)`` as ``finalize_step`` shapes them."""
+    if shape is None:
+        return torch.stack(column, dim)
+    full = batch_size + shape
+    if column[0].shape == full:
+        try:
+            return torch.stack(column, dim)
+        except RuntimeError:  # steps of different shapes: shape each one
+            pass
+    return torch.stack([env._shaped(key, value, full) for value in column], dim)
+
+
+def _loop(env, plan: _Plan, values: dict, max_steps: int, batch_size, action_shape, stop: bool):
+    """The general step loop: ``(records, outputs)``, one entry per step taken.
+
+    Used with a done model (flags are finalised and checked at every step) or a model
+    that writes root keys. ``records[t]`` holds the root leaves at time t;
+    ``outputs[t]`` lists the values of ``plan.next_record`` at t+1.
+    """
+    zeros: dict = {}
+    records: list[dict] = []
+    outputs: list[list] = []
+    for t in range(max_steps):
+        _act(plan, values, action_shape)
+        work = values.copy()  # the model's writes must not reach the root record
+        _run(plan.step_calls, work)
+        nxt = env.finalize_step({k: work.get(nk) for k, nk in plan.next_reads}, batch_size, zeros)
+        out = [nxt[k] for k in plan.next_record]
+        records.append(values.copy() if plan.step_writes_root else work)
         outputs.append(out)
         if t == max_steps - 1:
             break
         # step_mdp: observations and done flags move to the root; everything else stays
-        for i, key in obs_moves:
-            values[key] = out[i]
-        if models_done:
+        for key in plan.obs_keys:
+            values[key] = nxt[key]
+        if plan.models_done:
             for key in plan.done_keys:
                 values[key] = nxt[key]
             if stop and any(bool(values[k].any()) for k in plan.done_keys):
@@ -252,11 +298,15 @@ class _Plan:
             self.next_record = self.next_record + self.done_keys
         self.next_model_keys = [_next(k) for k in self.next_record]
         self.next_record_nested = [k[1:] if len(k) > 2 else k[1] for k in self.next_model_keys]
-        self.obs_moves = list(enumerate(obs_keys))
-        self.reward_checks = [(len(obs_keys) + i, k, shape) for i, (k, shape) in enumerate(reward_plan)]
+        self.obs_keys = obs_keys
+        self.obs_moves_lean = [(k, _next(k)) for k in obs_keys]
+        self.reward_shapes = dict(reward_plan)
+        self.next_columns = list(zip(self.next_record, self.next_model_keys, self.next_record_nested, strict=True))
         # a step module writing a root key (not under "next") would change the record
         step_out = {unravel_key(k) for m in step_modules for k in m.out_keys}
         self.step_writes_root = any(not (isinstance(k, tuple) and k[0] == "next") for k in step_out)
+        # no done model and a model that writes under "next" only: the lean loop
+        self.lean = not self.models_done and not self.step_writes_root
         # keys of a record that are not root leaves of the rollout
         constant = set() if self.models_done else set(self.done_keys)
         self.unrecorded = frozenset(constant | (set() if self.step_writes_root else step_out))
@@ -343,7 +393,8 @@ def _sampler(spec) -> Callable[[torch.Size], torch.Tensor]:
 
         def sample(shape: torch.Size) -> torch.Tensor:
             low, high = space.low, space.high
-            out = torch.empty((*shape, *spec_shape), dtype=dtype, device=device).uniform_()
+            # torch.rand is zeros(...).uniform_() in one call: the same numbers
+            out = torch.rand((*shape, *spec_shape), dtype=dtype, device=device)
             out = out.mul_(high - low).add_(low)
             return out.clamp_(low, high)
 
