@@ -15,6 +15,14 @@ Metric: imagined transitions per second (batch x horizon / seconds per rollout) 
 ratio time(impl) / time(plain). Targets (Reverie only): <= 1.3x plain at batch 1 and 64,
 <= 1.05x at batch >= 1024.
 
+End to end (the spec's usage, a second table): ``start = world_model.encode(
+data.select("observation"))`` then ``env.rollout(15, policy, tensordict=start)`` at batch
+1, with a ``TensorDictModule`` policy and with random actions (``policy=None``), timed
+from the observations to the finished rollout (encode, reset and rollout included). The
+plain loop runs the encoder, then the same loop; its random actions are
+``torch.rand(B, A) * 2 - 1`` (the action spec's ``[-1, 1]`` box, the same draws).
+Target (Reverie only): <= 1.2x plain.
+
 Timing: every implementation is warmed up, then the implementations are interleaved in
 rounds (the order rotates each round); each round times enough back-to-back calls to last
 ``--min-time`` seconds, and the per-call median over rounds is reported. The ratio to
@@ -30,6 +38,7 @@ Usage::
 
     python benchmarks/bench_imagination.py            # full run, writes the results
     python benchmarks/bench_imagination.py --quick    # batch 1 and 64, H=15 (smoke test)
+    python benchmarks/bench_imagination.py --only-e2e # the end-to-end case only
 """
 
 from __future__ import annotations
@@ -195,8 +204,21 @@ def _short_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:200]}"
 
 
-def make_torchrl_env(mods: Modules, batch: int) -> tuple[EnvBase, str | None]:
-    """TorchRL's WorldModelEnv for batch size ``batch``.
+def make_torchrl_world_model(mods: Modules):
+    """TorchRL's ``torchrl.modules.WorldModel`` around the same modules."""
+    from torchrl.modules import WorldModel as TorchRLWorldModel
+
+    return TorchRLWorldModel(
+        TensorDictModule(mods.encoder, in_keys=["observation"], out_keys=["latent"]),
+        TensorDictModule(
+            _CatInputs(mods.dynamics), in_keys=["latent", "action"], out_keys=[("next", "latent")]
+        ),
+        TensorDictModule(mods.reward, in_keys=[("next", "latent")], out_keys=[("next", "reward")]),
+    )
+
+
+def make_torchrl_env(mods: Modules, batch: int, world_model=None) -> tuple[EnvBase, str | None]:
+    """TorchRL's WorldModelEnv for batch size ``batch`` (around ``world_model`` when given).
 
     Returns ``(env, workaround)``. TorchRL 0.14.1's constructor expands the base env's
     leaf specs to its batch size (``action_spec.expand(batch_size)``), which fails for
@@ -207,15 +229,9 @@ def make_torchrl_env(mods: Modules, batch: int) -> tuple[EnvBase, str | None]:
     ``_reset``) is TorchRL's code. Raises when even the workaround fails.
     """
     from torchrl.envs.model_based import WorldModelEnv as TorchRLWorldModelEnv
-    from torchrl.modules import WorldModel as TorchRLWorldModel
 
-    world_model = TorchRLWorldModel(
-        TensorDictModule(mods.encoder, in_keys=["observation"], out_keys=["latent"]),
-        TensorDictModule(
-            _CatInputs(mods.dynamics), in_keys=["latent", "action"], out_keys=[("next", "latent")]
-        ),
-        TensorDictModule(mods.reward, in_keys=[("next", "latent")], out_keys=[("next", "reward")]),
-    )
+    if world_model is None:
+        world_model = make_torchrl_world_model(mods)
     target = SpecOnlyEnv(batch_size=(batch,))
     try:
         return TorchRLWorldModelEnv(world_model, base_env=target, batch_size=[batch]), None
@@ -266,6 +282,29 @@ def rounds_for(round_seconds: float, rounds: int, budget: float = 40.0, min_roun
     if round_seconds <= 0:
         return rounds
     return max(min(rounds, min_rounds), min(rounds, int(budget // round_seconds)))
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, min_time: float, warmup_time: float
+) -> tuple[dict[str, list[float]], dict[str, int], int]:
+    """Warm every function up, then time them in interleaved rounds (the order rotates).
+
+    Returns ``(seconds per call in each round, calls per round, rounds)`` per function.
+    """
+    calls: dict[str, int] = {}
+    round_seconds = 0.0
+    for impl, fn in fns.items():
+        one = _warmup(fn, warmup_time)
+        calls[impl] = max(1, math.ceil(min_time / max(one, 1e-9)))
+        round_seconds += calls[impl] * one
+    n_rounds = rounds_for(round_seconds, rounds)
+    times: dict[str, list[float]] = {impl: [] for impl in fns}
+    order = list(fns)
+    for r in range(n_rounds):
+        shift = r % len(order)
+        for impl in order[shift:] + order[:shift]:
+            times[impl].append(_time_calls(fns[impl], calls[impl]))
+    return times, calls, n_rounds
 
 
 def _fmt_int(x: float) -> str:
@@ -348,20 +387,7 @@ def run_benchmark(
                         o is not None and o.shape == r.shape and torch.equal(o, r)
                         for o, r in zip(out, reference, strict=True)
                     )
-                # warm up and size the calls of a round
-                calls: dict[str, int] = {}
-                round_seconds = 0.0
-                for impl, fn in fns.items():
-                    one = _warmup(fn, warmup_time)
-                    calls[impl] = max(1, math.ceil(min_time / max(one, 1e-9)))
-                    round_seconds += calls[impl] * one
-                n_rounds = rounds_for(round_seconds, rounds)
-                times: dict[str, list[float]] = {impl: [] for impl in fns}
-                order = list(fns)
-                for r in range(n_rounds):
-                    shift = r % len(order)
-                    for impl in order[shift:] + order[:shift]:
-                        times[impl].append(_time_calls(fns[impl], calls[impl]))
+                times, calls, n_rounds = time_interleaved(fns, rounds, min_time, warmup_time)
                 medians = {impl: statistics.median(ts) for impl, ts in times.items()}
                 plain = medians.get("plain")
                 for impl in impls:
@@ -400,6 +426,238 @@ def run_benchmark(
                     rows.append(row)
                     log(_row_line(row))
     return rows
+
+
+# ---------------------------------------------------------------------- end to end
+E2E_BATCH, E2E_HORIZON, E2E_TARGET = 1, 15, 1.2
+E2E_ACTIONS = ("policy", "random")
+
+
+def plain_end_to_end(
+    mods: Modules, obs: torch.Tensor, horizon: int, random_actions: bool
+) -> tuple[torch.Tensor, ...]:
+    """The floor of the spec's usage: encode, then the plain loop.
+
+    Random actions are ``torch.rand(B, A) * 2 - 1``: the action spec's ``[-1, 1]`` box,
+    drawn as ``Bounded.rand`` draws it (same numbers for the same seed).
+    """
+    z = mods.encoder(obs)
+    if not random_actions:
+        return plain_rollout(mods, z, horizon)
+    dyn, rew = mods.dynamics, mods.reward
+    zs, acts, nzs, rews = [], [], [], []
+    for _ in range(horizon):
+        a = torch.rand(z.shape[0], ACTION_DIM) * 2.0 - 1.0
+        z2 = dyn(torch.cat([z, a], -1))
+        r = rew(z2)
+        zs.append(z)
+        acts.append(a)
+        nzs.append(z2)
+        rews.append(r)
+        z = z2
+    return (
+        torch.stack(zs, 1),
+        torch.stack(acts, 1),
+        torch.stack(nzs, 1),
+        torch.stack(rews, 1),
+    )
+
+
+def run_end_to_end(
+    batch: int = E2E_BATCH,
+    horizon: int = E2E_HORIZON,
+    *,
+    actions=E2E_ACTIONS,
+    rounds: int = 21,
+    min_time: float = 0.2,
+    warmup_time: float = 0.2,
+    impls=IMPLS,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Time the spec's usage from observations to rollout; one row per (actions, impl).
+
+    Reverie: ``env.rollout(H, policy, tensordict=world_model.encode(data.select(
+    "observation")))`` on the unbatched env; TorchRL: the same calls on its
+    ``WorldModel`` and ``WorldModelEnv`` (built for batch ``B``); plain:
+    :func:`plain_end_to_end`. ``data`` holds an observation and an action per row, as
+    real transitions do; ``select`` gives each call a fresh start (``encode`` writes the
+    latent into it). Each rollout is first checked against the plain loop from the same
+    random seed (``row["matches_plain"]``).
+    """
+    log = log or (lambda msg: None)
+    mods = build_modules(seed)
+    policy = policy_module(mods)
+    env = make_reverie_env(mods)
+    world_model = env.full_world_model
+    gen = torch.Generator().manual_seed(seed + 1)
+    data = TensorDict(
+        {
+            "observation": torch.randn(batch, OBS_DIM, generator=gen),
+            "action": torch.zeros(batch, ACTION_DIM),
+        },
+        [batch],
+    )
+    obs = data["observation"]
+    torchrl_env = torchrl_wm = torchrl_note = torchrl_error = None
+    if "torchrl" in impls:
+        try:
+            torchrl_wm = make_torchrl_world_model(mods)
+            torchrl_env, torchrl_note = make_torchrl_env(mods, batch, torchrl_wm)
+        except Exception as err:  # noqa: BLE001 - reported in the table
+            torchrl_error = f"fails: {_short_error(err)}"
+    rows: list[dict] = []
+    with torch.no_grad():
+        for mode in actions:
+            random_actions = mode == "random"
+            pol = None if random_actions else policy
+            fns: dict[str, Callable[[], object]] = {}
+            errors: dict[str, str] = {}
+            matches: dict[str, bool] = {}
+            for impl in impls:
+                if impl == "plain":
+                    fns[impl] = lambda r=random_actions: plain_end_to_end(mods, obs, horizon, r)
+                elif impl == "reverie":
+                    fns[impl] = lambda p=pol: env.rollout(
+                        horizon, p, tensordict=world_model.encode(data.select("observation"))
+                    )
+                elif impl == "torchrl":
+                    if torchrl_env is None:
+                        errors[impl] = torchrl_error
+                        continue
+                    fns[impl] = lambda p=pol: torchrl_env.rollout(
+                        horizon, p, tensordict=torchrl_wm.encode(data.select("observation"))
+                    )
+                else:
+                    raise ValueError(f"unknown implementation {impl!r}")
+            torch.manual_seed(seed + 2)
+            reference = plain_end_to_end(mods, obs, horizon, random_actions)
+            for impl, fn in list(fns.items()):
+                if impl == "plain":
+                    matches[impl] = True
+                    continue
+                torch.manual_seed(seed + 2)
+                try:
+                    out = rollout_outputs(fn())
+                except Exception as err:  # noqa: BLE001 - reported in the table
+                    errors[impl] = f"fails: {_short_error(err)}"
+                    del fns[impl]
+                    continue
+                matches[impl] = all(
+                    o is not None and o.shape == r.shape and torch.equal(o, r)
+                    for o, r in zip(out, reference, strict=True)
+                )
+            times, calls, n_rounds = time_interleaved(fns, rounds, min_time, warmup_time)
+            plain = times.get("plain")
+            for impl in impls:
+                row = {"impl": impl, "actions": mode, "batch": batch, "horizon": horizon}
+                if impl in errors:
+                    row.update(error=errors[impl], status="fails")
+                    rows.append(row)
+                    log(_e2e_line(row))
+                    continue
+                sec = statistics.median(times[impl])
+                row.update(
+                    seconds_per_call=sec,
+                    rounds=n_rounds,
+                    calls_per_round=calls[impl],
+                    seconds_per_round=times[impl],
+                    matches_plain=matches.get(impl),
+                )
+                if plain is not None:
+                    row["ratio_to_plain"] = sec / statistics.median(plain)
+                    paired = [t / p for t, p in zip(times[impl], plain, strict=True)]
+                    row["ratio_to_plain_paired_median"] = statistics.median(paired)
+                    row["ratio_to_plain_paired_iqr"] = _iqr(paired)
+                    if impl == "reverie":
+                        row["target"] = E2E_TARGET
+                        judged = row["ratio_to_plain_paired_median"]
+                        row["status"] = "PASS" if judged <= E2E_TARGET else "FAIL"
+                if impl == "torchrl" and torchrl_note:
+                    row["note"] = torchrl_note
+                rows.append(row)
+                log(_e2e_line(row))
+    return rows
+
+
+def _iqr(values: list[float]) -> list[float]:
+    """``[25th, 75th]`` percentiles (``statistics.quantiles``, exclusive method)."""
+    if len(values) < 2:
+        return [values[0], values[0]]
+    q = statistics.quantiles(values, n=4)
+    return [q[0], q[2]]
+
+
+E2E_HEADER = ("implementation", "actions", "B", "H", "us per call", "ratio to plain",
+              "paired ratio (IQR)", "target", "result")
+
+
+def _e2e_cells(row: dict) -> tuple[str, ...]:
+    head = (row["impl"], row["actions"], str(row["batch"]), str(row["horizon"]))
+    if "error" in row:
+        return (*head, row["error"], "-", "-", "-", "-")
+    ratio = row.get("ratio_to_plain")
+    paired = row.get("ratio_to_plain_paired_median")
+    iqr = row.get("ratio_to_plain_paired_iqr")
+    target = row.get("target")
+    result = row.get("status", "-")
+    if row.get("matches_plain") is False:
+        result += " (outputs differ from plain!)"
+    return (
+        *head,
+        f"{row['seconds_per_call'] * 1e6:,.0f}",
+        "-" if ratio is None else f"{ratio:.3f}x",
+        "-" if paired is None else f"{paired:.3f}x ({iqr[0]:.2f}-{iqr[1]:.2f})",
+        "-" if target is None else f"<= {target:.2f}x",
+        result,
+    )
+
+
+def _e2e_line(row: dict) -> str:
+    c = _e2e_cells(row)
+    return f"{c[0]:<8} {c[1]:<6} B={c[2]:>2} H={c[3]:>3}  {c[4]:>8} us  {c[5]:>8}  {c[6]:>20}  {c[7]:>9}  {c[8]}"
+
+
+def format_e2e_table(rows: list[dict]) -> str:
+    cells = [E2E_HEADER, *(_e2e_cells(r) for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(E2E_HEADER))]
+    lines = []
+    for i, c in enumerate(cells):
+        lines.append("  ".join(x.ljust(w) if j < 2 else x.rjust(w) for j, (x, w) in enumerate(zip(c, widths, strict=True))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_e2e_markdown(rows: list[dict]) -> list[str]:
+    """The end-to-end section of the results page."""
+    lines = [
+        "",
+        "## End to end: the spec's usage at batch 1",
+        "",
+        "`start = world_model.encode(data.select(\"observation\"))` then "
+        "`env.rollout(15, policy, tensordict=start)`, timed from the observations to the "
+        "finished rollout (encode, reset and rollout included), with a `TensorDictModule` "
+        "policy and with random actions (`policy=None`). The plain loop runs the encoder "
+        "and then the same loop; its random actions are `torch.rand(B, A) * 2 - 1`, the same "
+        "draws as the action spec's. \"Paired ratio\" is the median (and interquartile "
+        "range) over rounds of time(impl) / time(plain) within one round. Target for "
+        f"Reverie: <= {E2E_TARGET}x.",
+        "",
+        "| " + " | ".join(E2E_HEADER) + " |",
+        "|" + "|".join(["---", "---"] + ["---:"] * (len(E2E_HEADER) - 2)) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_e2e_cells(row)) + " |")
+    reverie = [r for r in rows if r["impl"] == "reverie" and "target" in r]
+    passed = sum(r["status"] == "PASS" for r in reverie)
+    lines += [
+        "",
+        f"Reverie meets its target in {passed} of {len(reverie)} rows. Every rollout was "
+        "checked to equal the plain loop exactly (latent, action, next latent, reward) from "
+        "the same random seed before timing.",
+    ]
+    return lines
 
 
 # ---------------------------------------------------------------------- reporting
@@ -446,7 +704,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_markdown(rows: list[dict], meta: dict) -> str:
+def format_markdown(rows: list[dict], meta: dict, e2e_rows: list[dict] | None = None) -> str:
     m = meta["machine"]
     lines = [
         "# Imagination speed: Reverie `WorldModelEnv.rollout` vs a plain PyTorch loop vs TorchRL",
@@ -501,6 +759,8 @@ def format_markdown(rows: list[dict], meta: dict) -> str:
             f"- TorchRL (B = {first['batch']}; the same at every batch size): {first['note']}. "
             "Everything timed is TorchRL's code."
         )
+    if e2e_rows:
+        lines += format_e2e_markdown(e2e_rows)
     lines.append("")
     return "\n".join(lines)
 
@@ -547,6 +807,10 @@ def main(argv: list[str] | None = None) -> int:
                         "round is long)")
     parser.add_argument("--min-time", type=float, default=0.2,
                         help="seconds each implementation is timed per round (default 0.2)")
+    parser.add_argument("--e2e-rounds", type=int, default=21,
+                        help="interleaved rounds of the end-to-end case (default 21)")
+    parser.add_argument("--only-e2e", action="store_true",
+                        help="run the end-to-end case only (writes files only with --out)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -558,13 +822,18 @@ def main(argv: list[str] | None = None) -> int:
         batch_sizes, horizons = (1, 64), (15,)
     else:
         batch_sizes, horizons = BATCH_SIZES, HORIZONS
-    out = args.out if args.out is not None or args.quick else DEFAULT_OUT
+    out = args.out if args.out is not None or args.quick or args.only_e2e else DEFAULT_OUT
 
     load_before = _loadavg()
     t0 = time.perf_counter()
     print(f"threads={args.threads} load={load_before}", flush=True)
-    rows = run_benchmark(
+    rows = [] if args.only_e2e else run_benchmark(
         batch_sizes, horizons, rounds=args.rounds, min_time=args.min_time, seed=args.seed,
+        log=lambda line: print(line, flush=True),
+    )
+    print("end to end (encode + reset + rollout):", flush=True)
+    e2e_rows = run_end_to_end(
+        rounds=args.e2e_rounds, min_time=args.min_time, seed=args.seed,
         log=lambda line: print(line, flush=True),
     )
     elapsed = time.perf_counter() - t0
@@ -575,9 +844,14 @@ def main(argv: list[str] | None = None) -> int:
         "load_after": _loadavg(),
         "elapsed_s": elapsed,
     }
-    print()
-    print(format_table(rows))
+    if rows:
+        print()
+        print(format_table(rows))
     reverie = [r for r in rows if r["impl"] == "reverie" and "status" in r]
+    passed = sum(r["status"] == "PASS" for r in reverie)
+    print()
+    print(format_e2e_table(e2e_rows))
+    reverie += [r for r in e2e_rows if r["impl"] == "reverie" and "status" in r]
     passed = sum(r["status"] == "PASS" for r in reverie)
     print(f"\nReverie meets its target in {passed}/{len(reverie)} rows; "
           f"{elapsed:.0f} s; load after {meta['load_after']}")
@@ -589,12 +863,18 @@ def main(argv: list[str] | None = None) -> int:
             "hidden": HIDDEN, "batch_sizes": list(batch_sizes), "horizons": list(horizons),
             "rounds": args.rounds, "min_time_s": args.min_time, "seed": args.seed,
             "statistic": "median seconds per rollout over interleaved rounds",
+            "end_to_end": {
+                "batch": E2E_BATCH, "horizon": E2E_HORIZON, "actions": list(E2E_ACTIONS),
+                "rounds": args.e2e_rounds, "target": E2E_TARGET,
+                "timed": "world_model.encode(data.select('observation')) + env.rollout(H, "
+                         "policy, tensordict=start); plain: encoder + loop",
+            },
         }
-        payload = {**meta, "settings": settings, "table": rows}
+        payload = {**meta, "settings": settings, "table": rows, "end_to_end": e2e_rows}
         out.write_text(json.dumps(payload, indent=2) + "\n")
-        out.with_suffix(".md").write_text(format_markdown(rows, meta))
+        out.with_suffix(".md").write_text(format_markdown(rows, meta, e2e_rows))
         print(f"wrote {out} and {out.with_suffix('.md')}")
-    if any(r.get("matches_plain") is False for r in rows):
+    if any(r.get("matches_plain") is False for r in rows + e2e_rows):
         print("ERROR: some rollout differs from the plain loop", file=sys.stderr)
         return 1
     return 0

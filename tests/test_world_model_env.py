@@ -404,14 +404,32 @@ def test_rollout_without_reset_keeps_the_done_flags_it_is_given():
         Bounded(-1.0, 1.0, (6,)),
         Bounded(torch.tensor([-2.0, 0.0, 3.0]), torch.tensor([-1.0, 5.0, 3.5]), (3,)),
         Bounded(-1.0, 1.0, (2, 3), dtype=torch.float64),
+        Bounded(-3.3, 1.1, (5,)),  # high - low + low > high: the clamp is needed
+        Bounded(-1.0, 2.0, (3,), dtype=torch.float16),
     ],
 )
-@pytest.mark.parametrize("shape", [(), (1,), (4, 2)])
+@pytest.mark.parametrize("shape", [(), (1,), (64, 2)])
 def test_fast_random_actions_are_the_action_specs_own_draws(spec, shape):
     torch.manual_seed(3)
     expected = [spec.rand(torch.Size(shape)) for _ in range(3)]
     torch.manual_seed(3)
-    got = [_sampler(spec)(torch.Size(shape)) for _ in range(3)]
+    sample = _sampler(spec)
+    got = [sample(torch.Size(shape)) for _ in range(3)]
     for e, g in zip(expected, got, strict=True):
         assert e.dtype == g.dtype and e.shape == g.shape
         assert torch.equal(e, g)
+
+
+def test_fast_random_actions_follow_bounds_changed_after_the_first_draw():
+    spec = Bounded(-1.0, 1.0, (4,))
+    sample = _sampler(spec)
+    sample(torch.Size([2]))
+    spec.space.low.fill_(-3.3)  # edited in place
+    spec.space.high.fill_(1.1)
+    for _ in range(2):
+        torch.manual_seed(5)
+        expected = spec.rand(torch.Size([256]))
+        torch.manual_seed(5)
+        assert torch.equal(sample(torch.Size([256])), expected)
+        spec.space.low = torch.full((4,), 0.5)  # replaced
+        spec.space.high = torch.full((4,), 0.75)

@@ -380,26 +380,44 @@ def _sampler(spec) -> Callable[[torch.Size], torch.Tensor]:
     """``spec.rand``, or for a continuous :class:`Bounded` spec the same draw written directly.
 
     ``Bounded.rand`` (TorchRL 0.14) computes ``zeros(shape).uniform_() * (high - low) +
-    low`` and clamps to ``[low, high]``; this sampler performs the same operations on the
-    same random numbers, so the values are bit-identical (a test checks it).
+    low`` and then moves values above ``high`` (or below ``low``) onto the bound. This
+    sampler draws the same numbers (``torch.rand``) and applies the same multiply and
+    add, so the values are bit-identical (a test checks it). ``high - low`` is computed
+    once per value of the bounds (recomputed when they are replaced or edited in
+    place), and the clamp is skipped when even a draw of 1 lands within ``high``:
+    rounding is monotonic, so no draw in ``[0, 1)`` can then leave the box.
     """
-    if (
+    if not (
         isinstance(spec, Bounded)
         and type(spec).rand is Bounded.rand
         and spec.dtype in (torch.float, torch.double, torch.half)
         and all(d >= 0 for d in spec.shape)
     ):
-        space, dtype, device, spec_shape = spec.space, spec.dtype, spec.device, spec.shape
+        return spec.rand
+    dtype, device, spec_shape = spec.dtype, spec.device, spec.shape
+    state: dict = {}
 
-        def sample(shape: torch.Size) -> torch.Tensor:
-            low, high = space.low, space.high
-            # torch.rand is zeros(...).uniform_() in one call: the same numbers
-            out = torch.rand((*shape, *spec_shape), dtype=dtype, device=device)
-            out = out.mul_(high - low).add_(low)
-            return out.clamp_(low, high)
+    def bounds() -> tuple:
+        space = spec.space
+        low, high = space.low, space.high
+        version = (low._version, high._version)
+        if state.get("low") is not low or state.get("high") is not high or state["version"] != version:
+            span = high - low
+            # a draw of exactly 1 is the largest value: if it stays within high, all do
+            clamp = bool(((span + low) > high).any()) or bool((low > high).any())
+            state.update(low=low, high=high, version=version, span=span, clamp=clamp)
+        return low, high, state["span"], state["clamp"]
 
-        return sample
-    return spec.rand
+    def sample(shape: torch.Size) -> torch.Tensor:
+        low, high, span, clamp = bounds()
+        # torch.rand is zeros(...).uniform_() in one call: the same numbers
+        out = torch.rand((*shape, *spec_shape), dtype=dtype, device=device).mul_(span).add_(low)
+        if clamp:
+            out = torch.where(out > high, high.expand_as(out), out)
+            out = torch.where(out < low, low.expand_as(out), out)
+        return out
+
+    return sample
 
 
 def _leaves(td: TensorDictBase) -> dict | None:
