@@ -125,10 +125,15 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent
 
     eval_env = EnvFactory(make_env, config, schedule.eval_steps).single()
 
+    evaluated: dict[int, tuple[list[float], list]] = {}  # step -> (returns, episodes)
+
     def evaluate() -> tuple[list[float], list]:
-        episodes = run_episodes(agent, eval_env, schedule.eval_episodes, schedule.eval_steps,
-                                config.seed)
-        return [episode_return(ep) for ep in episodes], episodes
+        if loop.step not in evaluated:  # the same seeded episodes: run them once per step
+            episodes = run_episodes(agent, eval_env, schedule.eval_episodes, schedule.eval_steps,
+                                    config.seed)
+            evaluated.clear()
+            evaluated[loop.step] = ([episode_return(ep) for ep in episodes], episodes)
+        return evaluated[loop.step]
 
     collector = it = None
     random_phase = None
@@ -168,7 +173,7 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent
                 metrics["eval/return"] = sum(returns) / len(returns)
             run.log(metrics, loop.step)
             run.progress_postfix(run.latest)
-            if run.checkpoint_due(loop.step) or last or agent.finished():
+            if run.checkpoint_due(loop.step) or last:
                 save()
     finally:
         if collector is not None:
@@ -178,8 +183,7 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent
     returns, episodes = evaluate() if schedule.eval_episodes else ([], [])
     final = {"eval/return": sum(returns) / len(returns)} if returns else {}
     final.update(agent.eval_metrics(episodes) if episodes else {})
-    periodic_at_end = schedule.eval_every and loop.step % schedule.eval_every == 0
-    logged = {"eval/return"} if periodic_at_end else set()  # the same seeded episodes: no repeat
+    logged = {"eval/return"} if loop.step in evaluated else set()  # by the periodic evaluation
     if set(final) - logged:
         run.log({k: v for k, v in final.items() if k not in logged}, loop.step)
     out_dir = run.dir / "diagnostics"
