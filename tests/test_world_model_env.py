@@ -235,7 +235,8 @@ def _two_stage_policy():
     ["base_env", "batched_env", "explicit", "done_head", "decoder_obs", "two_stage_policy",
      "no_auto_reset", "nested_batch", "done_head_nonstop", "random_actions",
      "random_actions_batched_env", "encoded_no_auto_reset", "encoded_no_auto_reset_random",
-     "done_head_encoded_no_auto_reset", "unbatched_start", "model_writes_root", "flat_reward"],
+     "done_head_encoded_no_auto_reset", "unbatched_start", "model_writes_root", "flat_reward",
+     "random_actions_large_batch"],
 )
 def test_fast_rollout_equals_generic_rollout(case):
     wm = make_world_model()
@@ -245,6 +246,8 @@ def test_fast_rollout_equals_generic_rollout(case):
         env_kwargs["batch_size"] = (5,)
     if case == "unbatched_start":
         batch = ()
+    if case == "random_actions_large_batch":
+        batch = (512,)
     if case == "batched_env":
         env_kwargs["batch_size"] = (5,)
     if case.startswith("done_head"):
@@ -418,6 +421,19 @@ def test_fast_random_actions_are_the_action_specs_own_draws(spec, shape):
     for e, g in zip(expected, got, strict=True):
         assert e.dtype == g.dtype and e.shape == g.shape
         assert torch.equal(e, g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("shape", [(1,), (64,), (4096,)])
+def test_fast_random_actions_of_all_steps_in_one_draw(dtype, shape):
+    """One (n, *shape) draw = n successive draws, and the generator ends in the same state."""
+    spec = Bounded(-3.3, 1.1, (6,), dtype=dtype)
+    torch.manual_seed(7)
+    expected = torch.stack([spec.rand(torch.Size(shape)) for _ in range(15)])
+    after_expected = torch.rand(3)
+    torch.manual_seed(7)
+    got = _sampler(spec).steps(15, torch.Size(shape))
+    assert torch.equal(got, expected) and torch.equal(torch.rand(3), after_expected)
 
 
 def test_fast_random_actions_follow_bounds_changed_after_the_first_draw():

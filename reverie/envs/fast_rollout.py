@@ -201,32 +201,44 @@ def _act(plan: _Plan, values: dict, action_shape: torch.Size) -> None:
 
 def _lean_loop(env, plan: _Plan, values: dict, max_steps: int, batch_size, action_shape) -> list[dict]:
     """The step loop without a done model: one dict per step, the root leaves at time t
-    plus what the model wrote (``"next"`` keys; the model writes no root key here).
+    plus what the model wrote (``"next"`` keys; the model writes no root key here, and
+    the policy reads no ``"next"`` key: :func:`_plan` checks both).
 
     No trajectory can end, so all ``max_steps`` steps are taken; rewards are shaped when
     stacked (:func:`_stack_shaped`).
     """
     policy_calls, samplers, step_calls = plan.policy_calls, plan.samplers, plan.step_calls
     obs_moves = plan.obs_moves_lean
+    drawn = None
+    if samplers is not None:
+        # every step is taken: random actions of all steps can be drawn at once
+        steps = [getattr(sample, "steps", None) for _, sample in samplers]
+        if len(samplers) == 1 and steps[0] is not None:
+            drawn = steps[0](max_steps, action_shape)
+        if drawn is not None:
+            drawn, action_key = drawn.unbind(0), samplers[0][0]
+    # one dict per step: the root at t (after step_mdp and the policy) plus the model's
+    # "next" outputs; it starts as a copy of the previous step's dict, whose "next"
+    # entries are all rewritten by the model before anything reads them
+    calls = step_calls if samplers is not None else policy_calls + step_calls
     records: list[dict] = []
-    last = max_steps - 1
+    work = values
     for t in range(max_steps):
-        if samplers is None:
-            _run(policy_calls, values)
-        else:
+        work = work.copy()
+        if t:
+            try:  # step_mdp: observations move to the root; everything else stays
+                for key, model_key in obs_moves:
+                    work[key] = work[model_key]
+            except KeyError:  # finalize_step raises the error that names the key
+                env.finalize_step({k: work.get(nk) for k, nk in plan.next_reads}, batch_size)
+                raise
+        if drawn is not None:
+            work[action_key] = drawn[t]
+        elif samplers is not None:
             for key, sample in samplers:
-                values[key] = sample(action_shape)
-        work = values.copy()  # the model's writes must not reach the root record
-        _run(step_calls, work)
+                work[key] = sample(action_shape)
+        _run(calls, work)
         records.append(work)
-        if t == last:
-            break
-        try:  # step_mdp: observations move to the root; everything else stays
-            for key, model_key in obs_moves:
-                values[key] = work[model_key]
-        except KeyError:  # finalize_step raises the error that names the key
-            env.finalize_step({k: work.get(nk) for k, nk in plan.next_reads}, batch_size)
-            raise
     return records
 
 
@@ -377,47 +389,68 @@ def _action_samplers(env) -> list[tuple[NestedKey, Callable]] | None:
 
 
 def _sampler(spec) -> Callable[[torch.Size], torch.Tensor]:
-    """``spec.rand``, or for a continuous :class:`Bounded` spec the same draw written directly.
-
-    ``Bounded.rand`` (TorchRL 0.14) computes ``zeros(shape).uniform_() * (high - low) +
-    low`` and then moves values above ``high`` (or below ``low``) onto the bound. This
-    sampler draws the same numbers (``torch.rand``) and applies the same multiply and
-    add, so the values are bit-identical (a test checks it). ``high - low`` is computed
-    once per value of the bounds (recomputed when they are replaced or edited in
-    place), and the clamp is skipped when even a draw of 1 lands within ``high``:
-    rounding is monotonic, so no draw in ``[0, 1)`` can then leave the box.
-    """
-    if not (
+    """``spec.rand``, or for a continuous :class:`Bounded` spec a :class:`_BoundedSampler`."""
+    if (
         isinstance(spec, Bounded)
         and type(spec).rand is Bounded.rand
         and spec.dtype in (torch.float, torch.double, torch.half)
         and all(d >= 0 for d in spec.shape)
     ):
-        return spec.rand
-    dtype, device, spec_shape = spec.dtype, spec.device, spec.shape
-    state: dict = {}
+        return _BoundedSampler(spec)
+    return spec.rand
 
-    def bounds() -> tuple:
-        space = spec.space
+
+class _BoundedSampler:
+    """``Bounded.rand`` for a continuous spec, bit for bit, without its per-call overhead.
+
+    ``Bounded.rand`` (TorchRL 0.14) computes ``zeros(shape).uniform_() * (high - low) +
+    low`` and then moves values above ``high`` (or below ``low``) onto the bound. This
+    sampler draws the same numbers (``torch.rand`` is ``zeros(...).uniform_()`` in one
+    call) and applies the same multiply and add, so the values are bit-identical (a test
+    checks it). ``high - low`` is computed once per value of the bounds (again when they
+    are replaced or edited in place), and the clamp is skipped when even a draw of 1
+    lands within ``high``: rounding is monotonic, so no draw in ``[0, 1)`` can then
+    leave the box.
+
+    :meth:`steps` draws ``n`` steps' actions in one call. On the CPU the generator fills
+    a tensor element after element, so one ``(n, *shape)`` draw holds the numbers of
+    ``n`` successive ``(*shape)`` draws and leaves the generator in the same state (a
+    test checks it); other devices draw step by step.
+    """
+
+    def __init__(self, spec) -> None:
+        self.spec = spec
+        self.dtype, self.device, self.shape = spec.dtype, spec.device, spec.shape
+        self.batched = self.device is not None and torch.device(self.device).type == "cpu"
+        self._state: tuple = ()
+
+    def _bounds(self) -> tuple:
+        space = self.spec.space
         low, high = space.low, space.high
-        version = (low._version, high._version)
-        if state.get("low") is not low or state.get("high") is not high or state["version"] != version:
+        state = self._state
+        if not state or state[0] is not low or state[1] is not high or state[2] != (
+            low._version, high._version
+        ):
             span = high - low
             # a draw of exactly 1 is the largest value: if it stays within high, all do
             clamp = bool(((span + low) > high).any()) or bool((low > high).any())
-            state.update(low=low, high=high, version=version, span=span, clamp=clamp)
-        return low, high, state["span"], state["clamp"]
+            self._state = state = (low, high, (low._version, high._version), span, clamp)
+        return state[0], state[1], state[3], state[4]
 
-    def sample(shape: torch.Size) -> torch.Tensor:
-        low, high, span, clamp = bounds()
-        # torch.rand is zeros(...).uniform_() in one call: the same numbers
-        out = torch.rand((*shape, *spec_shape), dtype=dtype, device=device).mul_(span).add_(low)
+    def __call__(self, shape: torch.Size) -> torch.Tensor:
+        return self._draw((*shape, *self.shape))
+
+    def steps(self, n: int, shape: torch.Size) -> torch.Tensor | None:
+        """``n`` successive draws of ``self(shape)`` stacked along a new first dim (CPU only)."""
+        return self._draw((n, *shape, *self.shape)) if self.batched else None
+
+    def _draw(self, size: tuple) -> torch.Tensor:
+        low, high, span, clamp = self._bounds()
+        out = torch.rand(size, dtype=self.dtype, device=self.device).mul_(span).add_(low)
         if clamp:
             out = torch.where(out > high, high.expand_as(out), out)
             out = torch.where(out < low, low.expand_as(out), out)
         return out
-
-    return sample
 
 
 def _leaves(td: TensorDictBase) -> dict | None:
