@@ -681,8 +681,9 @@ def format_e2e_markdown(rows: list[dict]) -> list[str]:
         "`encoder(obs)`. Both world models call the encoder through `TensorDictModule`, whose "
         "per-call overhead (with tensordict 0.14.3 it also looks pandas up with "
         "`importlib.util.find_spec` on every output it writes, a file-system search when "
-        "pandas is not installed) is most of the gap between Reverie's end-to-end time and "
-        "its rollout-only rows above.",
+        "pandas is not installed) makes the encode call cost several times the raw encoder; "
+        "that difference is part of every end-to-end row and is not in the rollout-only rows "
+        "above.",
         "- Reverie's random actions (`policy=None`) come from the action spec "
         "(`env.rand_action`'s numbers, bit for bit); without a done model every step is "
         "taken, so the fast path draws the actions of all steps in one `torch.rand` call "
