@@ -180,10 +180,10 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent
             collector.shutdown()
     bar.close()
 
+    logged = {"eval/return"} if loop.step in evaluated else set()  # by the periodic evaluation
     returns, episodes = evaluate() if schedule.eval_episodes else ([], [])
     final = {"eval/return": sum(returns) / len(returns)} if returns else {}
     final.update(agent.eval_metrics(episodes) if episodes else {})
-    logged = {"eval/return"} if loop.step in evaluated else set()  # by the periodic evaluation
     if set(final) - logged:
         run.log({k: v for k, v in final.items() if k not in logged}, loop.step)
     out_dir = run.dir / "diagnostics"
