@@ -128,3 +128,15 @@ def test_seeds_resumes_an_unfinished_seed_and_records_the_continuation(finished,
 def test_seeds_rejects_unknown_algorithm(tmp_path, capsys):
     assert main(["seeds", "nope", "--env", "X", "--seeds", "0", "--out", str(tmp_path)]) == 2
     assert "unknown algorithm" in capsys.readouterr().err
+
+
+def test_the_commit_is_that_of_the_code_the_seed_processes_import(tmp_path, monkeypatch):
+    """`python -m reverie.cli` imports the package of the folder it starts in (a checkout or
+    worktree), which need not be the one the `reverie` console script imported."""
+    from reverie.runs.seeds import _package_seen_by_children
+
+    (tmp_path / "reverie").mkdir()
+    (tmp_path / "reverie" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert _package_seen_by_children() == (tmp_path / "reverie").resolve()
+    assert code_commit() == "unknown"  # that package is not in a git checkout

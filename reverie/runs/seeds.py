@@ -94,12 +94,28 @@ def _shown_command(cmd: Sequence[str]) -> str:
     return shlex.join(["reverie", *cmd[3:]])
 
 
+def _package_seen_by_children() -> Path:
+    """The ``reverie`` package that ``python -m reverie.cli`` imports from this folder.
+
+    It can differ from this process's own: the ``reverie`` console script does not put the
+    current folder on ``sys.path``, while ``python -m`` does, so a seed process started in a
+    checkout (or worktree) runs that checkout's code."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import os, reverie; print(os.path.dirname(reverie.__file__))"],
+        capture_output=True, text=True, timeout=120,
+    )
+    if probe.returncode == 0 and probe.stdout.strip():
+        return Path(probe.stdout.strip().splitlines()[-1]).resolve()
+    return Path(__file__).resolve().parents[1]
+
+
 def code_commit() -> str:
-    """The commit of the code that runs: ``git rev-parse HEAD`` of the repository holding
-    the ``reverie`` package, plus ``-dirty`` if tracked files differ from it (``git status
-    --porcelain --untracked-files=no``); ``"unknown"`` if the package is not tracked in a
-    git checkout (e.g. installed from a wheel) or git is not available."""
-    package = Path(__file__).resolve().parents[1]
+    """The commit of the code the seed processes run: ``git rev-parse HEAD`` of the
+    repository holding the ``reverie`` package they import, plus ``-dirty`` if the package's
+    tracked files differ from it (results written into the checkout do not count);
+    ``"unknown"`` if the package is not tracked in a git checkout (e.g. installed from a
+    wheel) or git is not available."""
+    package = _package_seen_by_children()
 
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -112,7 +128,7 @@ def code_commit() -> str:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return "unknown"
-        status = git("status", "--porcelain", "--untracked-files=no")
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".")  # the package
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     dirty = status.returncode != 0 or bool(status.stdout.strip())
