@@ -120,7 +120,8 @@ def flatten_batch(batch: TensorDictBase, next_episode: int) -> tuple[TensorDictB
         ``(flat batch, next free episode id)``.
     """
     flat = batch.reshape(-1)
-    _, local = torch.unique(flat.get(("collector", "traj_ids")), return_inverse=True)
+    # ids in storage order (a trajectory's frames are contiguous: one env, one batch)
+    _, local = torch.unique_consecutive(flat.get(("collector", "traj_ids")), return_inverse=True)
     flat = flat.exclude("collector")
     flat.set(EPISODE_KEY, local.to(torch.int64) + next_episode)
     return flat, next_episode + int(local.max().item()) + 1
