@@ -637,15 +637,20 @@ def _e2e_line(row: dict) -> str:
     return f"{c[0]:<8} {c[1]:<6} B={c[2]:>2} H={c[3]:>3}  {c[4]:>8} us  {c[5]:>8}  {c[6]:>20}  {c[7]:>9}  {c[8]}"
 
 
-def format_e2e_table(rows: list[dict]) -> str:
-    cells = [E2E_HEADER, *(_e2e_cells(r) for r in rows)]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(E2E_HEADER))]
+def _text_table(cells: list[tuple[str, ...]], left: int) -> str:
+    """Aligned text table: header row, a rule, then rows; the first ``left`` columns left-aligned."""
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
     lines = []
     for i, c in enumerate(cells):
-        lines.append("  ".join(x.ljust(w) if j < 2 else x.rjust(w) for j, (x, w) in enumerate(zip(c, widths, strict=True))))
+        lines.append("  ".join(x.ljust(w) if j < left else x.rjust(w)
+                               for j, (x, w) in enumerate(zip(c, widths, strict=True))))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def format_e2e_table(rows: list[dict]) -> str:
+    return _text_table([E2E_HEADER, *(_e2e_cells(r) for r in rows)], left=2)
 
 
 def format_e2e_markdown(rows: list[dict]) -> list[str]:
@@ -726,14 +731,7 @@ def _row_line(row: dict) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    cells = [HEADER, *(_row_cells(r) for r in rows)]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
-    lines = []
-    for i, c in enumerate(cells):
-        lines.append("  ".join(s.ljust(w) if j == 0 else s.rjust(w) for j, (s, w) in enumerate(zip(c, widths, strict=True))))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return _text_table([HEADER, *(_row_cells(r) for r in rows)], left=1)
 
 
 def format_markdown(rows: list[dict], meta: dict, e2e_rows: list[dict] | None = None) -> str:
