@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["symexp", "symexp_bins", "symlog", "two_hot_cross_entropy", "two_hot_decode",
-           "two_hot_encode"]
+__all__ = ["one_hot_straight_through", "symexp", "symexp_bins", "symlog", "two_hot_cross_entropy",
+           "two_hot_decode", "two_hot_encode", "unimix_logits"]
 
 
 def symlog(x: Tensor) -> Tensor:
@@ -144,3 +144,60 @@ def two_hot_cross_entropy(logits: Tensor, target: Tensor, bins: Tensor) -> Tenso
     """
     weights = two_hot_encode(target.detach(), bins).to(logits.dtype)
     return -(weights * torch.log_softmax(logits, -1)).sum(-1)
+
+
+def unimix_logits(logits: Tensor, unimix: float = 0.01) -> Tensor:
+    """Logits of the mixture ``(1 - u) softmax(logits) + u / C`` over the last dim (DreamerV3's
+    1% uniform mix of categorical latents and discrete actions, section "Robustness").
+
+    The result is normalised (``logsumexp == 0``); ``unimix=0`` gives ``log_softmax(logits)``.
+
+    Args:
+        logits: ``(*B, C)``.
+        unimix: the uniform weight ``u`` in ``[0, 1)``.
+
+    Returns:
+        ``(*B, C)`` log-probabilities.
+
+    Examples:
+        >>> unimix_logits(torch.tensor([0.0, -1e9]), 0.01).exp()
+        tensor([0.9950, 0.0050])
+    """
+    if not 0.0 <= unimix < 1.0:
+        raise ValueError(f"unimix_logits: unimix={unimix}; need 0 <= unimix < 1.")
+    log_probs = torch.log_softmax(logits, -1)
+    if unimix == 0.0:
+        return log_probs
+    C = logits.shape[-1]
+    uniform = torch.full_like(log_probs, torch.log(torch.tensor(unimix / C)).item())
+    return torch.logaddexp(log_probs + torch.log1p(torch.tensor(-unimix)).item(), uniform)
+
+
+def one_hot_straight_through(logits: Tensor, generator: torch.Generator | None = None,
+                             uniform: Tensor | None = None) -> Tensor:
+    """A one-hot sample of ``Categorical(logits)`` with straight-through gradients:
+    ``sample + probs - sg(probs)`` (DreamerV3's latents and discrete actions).
+
+    Args:
+        logits: ``(*B, C)``.
+        generator: random generator of the draw.
+        uniform: optional ``(*B, C)`` uniform noise in ``(0, 1)`` that fixes the draw (the
+            Gumbel-max trick: ``argmax(logits - log(-log(uniform)))``).
+
+    Returns:
+        ``(*B, C)``: forward values are exactly one-hot; the gradient is that of ``probs``.
+
+    Examples:
+        >>> logits = torch.tensor([[0.0, 1.0, 2.0]], requires_grad=True)
+        >>> x = one_hot_straight_through(logits, uniform=torch.tensor([[0.5, 0.5, 0.5]]))
+        >>> x
+        tensor([[0., 0., 1.]], grad_fn=<SubBackward0>)
+    """
+    if uniform is None:
+        uniform = torch.rand(logits.shape, generator=generator, dtype=logits.dtype,
+                             device=logits.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+    index = (logits.detach() + gumbel).argmax(-1, keepdim=True)
+    sample = torch.zeros_like(logits).scatter_(-1, index, 1.0)
+    probs = torch.softmax(logits, -1)
+    return sample + probs - probs.detach()
