@@ -6,7 +6,8 @@ planner -> agent (its update maths); :func:`reverie.training.train` runs the loo
 
 1. Collect ``random_episodes`` episodes with uniform random actions.
 2. After every episode (one collector batch of ``max_episode_steps`` steps; the last one
-   too): fit the :class:`~reverie.modules.EnsembleDynamics` (Gaussian NLL, bootstrapped
+   too; on a task whose episodes can end early, such as InvertedPendulum-v5, a new episode
+   starts inside the batch, so every batch holds ``max_episode_steps`` steps): fit the :class:`~reverie.modules.EnsembleDynamics` (Gaussian NLL, bootstrapped
    members, holdout early stopping, elites) on all data. Episodes after the random ones
    act by model-predictive control: at every step a planner (CEM, MPPI or iCEM from
    :mod:`reverie.planners`) optimises an action sequence of length ``horizon`` against the
@@ -59,8 +60,9 @@ NAME = "pets"
 class Config(RunConfig):
     """PETS: probabilistic ensemble + trajectory sampling + MPC (CEM / MPPI / iCEM)."""
 
-    episodes: int = cfg(15, "Real episodes in total, random ones included.")
-    random_episodes: int = cfg(1, "Episodes of uniform random actions collected first.")
+    episodes: int = cfg(15, "Collection batches of max_episode_steps steps in total (one episode each; "
+                           "episodes that end early are followed by new ones in the batch), random ones included.")
+    random_episodes: int = cfg(1, "Batches of uniform random actions collected first.")
     max_episode_steps: int = cfg(200, "Steps per real episode (at most).")
     eval_episodes: int = cfg(5, "Planner episodes of the final evaluation.")
     # model
