@@ -240,6 +240,10 @@ def test_reset_masks_state_belief_and_action(dyn_layers):
     assert not torch.allclose(rollout(no_reset, uniform=u)["next", "belief"][:, T1],
                               out_both["next", "belief"][:, T1])
     assert (out_both["belief"][:, T1] == 0).all() and (out_both["state"][:, T1] == 0).all()
+    flat = both.clone()
+    flat["is_init"] = both["is_init"][..., 0]  # [*B, T] is read the same as [*B, T, 1]
+    torch.testing.assert_close(rollout(flat, uniform=u)["next", "belief"],
+                               out_both["next", "belief"])
 
 
 # ------------------------------------------------------------------------------ fast rollout
@@ -276,7 +280,8 @@ def test_fast_rollout_equals_naive_loop_in_values_and_gradients(layers, lead):
     T = 7
     td = make_batch(lead=lead, T=T, resets=(0, 4))
     td["is_init"][(0,) * len(lead) + (0,)] = False  # one env starts from the given latent
-    td["state"] = torch.nn.functional.one_hot(torch.randint(C, (*lead, T, S)), C).float().flatten(-2)
+    one_hot = torch.nn.functional.one_hot(torch.randint(C, (*lead, T, S)), C)
+    td["state"] = one_hot.float().flatten(-2)
     td["belief"] = torch.randn(*lead, T, D)
     embed = td["next", "encoded_latents"].requires_grad_()
     u = uniform_noise(lead, T)

@@ -1,15 +1,19 @@
 """DreamerV3's networks (Hafner et al. 2023, https://arxiv.org/abs/2301.04104): MLP, the
 64x64 image encoder and decoder, the symexp two-hot head, and the two actors.
 
-Every hidden layer is ``Linear (no bias) -> RMSNorm -> SiLU`` (:class:`~reverie.modules.rssm_v3.LinearNormAct`),
-initialised as the authors do (truncated normal scaled by ``1 / sqrt(fan_in)``); output
-layers carry a bias and an ``outscale`` multiplying their initial weights, as the authors'
-heads do: 0 for the reward and critic logits (a fresh head predicts exactly 0), 0.01 for
-the actor, 1 elsewhere.
+Every hidden layer is ``Linear (no bias) -> RMSNorm -> SiLU``
+(:class:`~reverie.modules.rssm_v3.LinearNormAct`), initialised as the authors do (truncated
+normal scaled by ``1 / sqrt(fan_in)``); output layers carry a bias and an ``outscale``
+multiplying their initial weights, as the authors' heads do: 0 for the reward and critic
+logits (a fresh head predicts exactly 0), 0.01 for the actor, 1 elsewhere.
 
 Heads and actors read the features ``concat(state (*B, S * C), belief (*B, D))`` (the flat
 one-hot stochastic state, then the deterministic belief). The authors concatenate
 ``[deter, stoch]``: the same network up to a permutation of the first layer's inputs.
+
+Vector observations: the authors encode ``symlog(obs)`` with an MLP (3 layers of ``units``
+in their current code); use :class:`DreamerV3MLP` with ``out_features=None`` on
+:func:`~reverie.objectives.dreamer_v3_math.symlog` of the observation.
 
 Sizes (paper): ``hidden`` XS 256, S 512, M 640, L 768, XL 1024 units; ``layers`` XS 1,
 S 2, M 3, L 4, XL 5; CNN ``depth`` XS 24, S 32, M 48, L 64, XL 96 (see
@@ -143,7 +147,8 @@ class DreamerV3ImageEncoder(nn.Module):
         self.convs = nn.ModuleList(
             [_conv(channels[i], channels[i + 1], kernel, bias=False) for i in range(len(mults))])
         self.norms = nn.ModuleList([nn.RMSNorm(c, eps=NORM_EPS) for c in channels[1:]])
-        self.in_channels, self.image_size, self.channels_last = in_channels, image_size, channels_last
+        self.in_channels, self.image_size = in_channels, image_size
+        self.channels_last = channels_last
         side = image_size // 2 ** len(mults)
         self.out_features = channels[-1] * side * side
 
@@ -397,7 +402,9 @@ class DreamerV3ContinuousActor(nn.Module):
 class DreamerV3DiscreteActor(nn.Module):
     """Discrete actor: features ``(*B, in_features)`` -> logits ``(*B, num_actions)`` of
     ``(1 - unimix) softmax(MLP(features)) + unimix / num_actions`` (normalised
-    log-probabilities; the authors' categorical policy with a 1% uniform mix).
+    log-probabilities): the paper's categorical actor with a 1% uniform mix (the
+    paper-era code's ``onehot`` actor; the current code's ``categorical`` policy head
+    leaves its ``unimix`` unused).
 
     Args:
         in_features: features size (``S * C + D``).
