@@ -7,6 +7,7 @@ import torch
 
 from reverie.algorithms import dreamer
 from reverie.cli import main
+from reverie.training import check_buffer_memory
 
 
 def test_world_model_losses_fall_on_pendulum_data():
@@ -69,9 +70,9 @@ def test_buffer_that_cannot_fit_in_memory_is_refused_with_the_fix():
     from tensordict import TensorDict
 
     frame = TensorDict({"pixels": torch.zeros(3, 64, 64), ("next", "pixels"): torch.zeros(3, 64, 64)}, [])
-    dreamer.check_buffer_memory(frame, 10_000)  # 1 GB: fine
+    check_buffer_memory(frame, 10_000)  # 1 GB: fine
     with pytest.raises(ValueError, match="lower buffer_size"):
-        dreamer.check_buffer_memory(frame, 1_000_000)  # 98 GB
+        check_buffer_memory(frame, 1_000_000)  # 98 GB
 
 
 def test_resize_image_spec_and_values():

@@ -12,7 +12,7 @@ from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 
 from reverie import load_agent, training
-from reverie.algorithms import dreamer, pets, pilco, world_model
+from reverie.algorithms import dreamer, dreamer_v3, pets, pilco, world_model
 from reverie.runs import load_checkpoint, resolve_config
 from reverie.training import (
     Agent,
@@ -79,7 +79,7 @@ def test_a_missing_device_is_refused_before_anything_is_created(tmp_path):
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@pytest.mark.parametrize("recipe", [pets, pilco, dreamer, world_model])
+@pytest.mark.parametrize("recipe", [pets, pilco, dreamer, dreamer_v3, world_model])
 def test_every_parameter_and_sampled_batch_is_on_the_config_device(recipe):
     config = resolve_config(recipe.Config, ["debug"], ["device=auto"])
     device = resolve_device(config.device)
@@ -183,6 +183,7 @@ def _rows(run_dir):
 @pytest.mark.parametrize(("recipe", "agent_cls", "overrides", "kill_at"), [
     (pets, pets.PETSAgent, ["checkpoint_every=40"], 3),
     (pilco, pilco.PILCOAgent, ["checkpoint_every=10", "trials=2", "stop_when_solved=false"], 2),
+    (dreamer_v3, dreamer_v3.DreamerV3Agent, ["checkpoint_every=100", "env_steps=400"], 2),
 ])
 def test_kill_and_resume_gives_the_uninterrupted_run(tmp_path, monkeypatch, recipe, agent_cls,
                                                      overrides, kill_at):

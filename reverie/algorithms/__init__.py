@@ -29,6 +29,10 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
         "reverie.algorithms.dreamer",
         "Dreamer v1: RSSM world model, actor and value learned in latent imagination",
     ),
+    "dreamer_v3": (
+        "reverie.algorithms.dreamer_v3",
+        "DreamerV3: discrete-latent RSSM, symlog/two-hot heads, actor-critic in imagination",
+    ),
     "pets": (
         "reverie.algorithms.pets",
         "PETS: probabilistic ensemble + trajectory sampling + MPC (CEM/MPPI/iCEM)",

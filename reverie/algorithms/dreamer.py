@@ -37,7 +37,6 @@ steps (with ``action_repeat``). Presets (the defaults are the paper's sizes):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -72,7 +71,7 @@ from reverie.modules import (
 )
 from reverie.objectives import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
 from reverie.runs import RunConfig, cfg
-from reverie.training import EPISODE_KEY, Agent, Schedule, make_replay_buffer
+from reverie.training import EPISODE_KEY, Agent, Schedule, check_buffer_memory, make_replay_buffer
 
 NAME = "dreamer"
 
@@ -255,7 +254,7 @@ class DreamerAgent(Agent):
         data = batch.exclude("loc", "scale", "action_log_prob", "step_count", ("next", "step_count"))
         if self.config.pixels:
             data = data.exclude("pixels")
-        check_buffer_memory(data[0], self.config.buffer_size)
+        check_buffer_memory(data[0], self.config.buffer_size, NAME)
         data.set(("next", "reward"), data.get(("next", "reward")) * self.config.reward_scale)
         return data
 
@@ -317,13 +316,3 @@ def train(config: Config) -> dict:
     """Run Dreamer with the shared loop; returns the final metrics (also in ``summary.json``)."""
     return training.train(NAME, config, make_env, make_agent)
 
-
-def check_buffer_memory(transition, capacity: int) -> None:
-    """Fail early when ``capacity`` transitions like this one would not fit in memory."""
-    need = capacity * sum(v.numel() * v.element_size() for v in transition.values(True, True))
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > 0.5 * total:
-        raise ValueError(
-            f"dreamer: buffer_size={capacity} transitions of {need / capacity / 1e3:.0f} kB need "
-            f"{need / 1e9:.1f} GB, more than half of this machine's {total / 1e9:.0f} GB; lower "
-            "buffer_size (the `pixels` preset uses 10000).")

@@ -6,7 +6,8 @@ folder and returns the errors dict. The pieces are available on their own:
 :func:`open_loop_predict`, :func:`prediction_errors`, :func:`write_error_table`,
 :func:`plot_open_loop` and :func:`plot_error_curve`. For RSSM (Dreamer) models,
 :func:`imagine_open_loop` and :func:`plot_imagined_vs_real` compare decoded imagination
-with real observations; for Gaussian-belief (PILCO) models, :func:`plot_belief_vs_real`.
+with real observations (:func:`write_video` animates frames); for Gaussian-belief (PILCO)
+models, :func:`plot_belief_vs_real`.
 """
 
 from reverie.diagnostics.belief import plot_belief_vs_real
@@ -21,6 +22,7 @@ from reverie.diagnostics.open_loop import (
     run_diagnostics,
     write_error_table,
 )
+from reverie.diagnostics.video import write_video
 
 __all__ = [
     "OpenLoopResult",
@@ -34,4 +36,5 @@ __all__ = [
     "prediction_errors",
     "run_diagnostics",
     "write_error_table",
+    "write_video",
 ]

@@ -18,13 +18,16 @@ def imagine_open_loop(world_model: TensorDictModuleBase, prior: nn.Module, decod
                       obs_key: str = "observation") -> tuple[Tensor, Tensor]:
     """Filter ``context`` real steps, then predict the rest of ``real`` open loop.
 
-    The world model (encoder + :class:`~reverie.modules.RSSMRollout`) filters
-    ``real[:context]``; from its last posterior latent the prior's mean is rolled forward
-    with the real actions ``real["action"][context:]`` and decoded.
+    The world model (encoder + :class:`~reverie.modules.RSSMRollout` or
+    :class:`~reverie.modules.RSSMRolloutV3`) filters ``real[:context]``; from its last
+    posterior latent the prior's most likely step (``prior.mode``: the Gaussian mean for
+    Dreamer, the most likely class of every categorical for DreamerV3) is rolled forward with
+    the real actions ``real["action"][context:]`` and decoded.
 
     Args:
         world_model: writes ``("next", "state")``/``("next", "belief")`` for a ``[T]`` episode.
-        prior: the :class:`~reverie.modules.RSSMPrior`.
+        prior: a prior with ``mode(state, belief, action) -> (state, belief)``
+            (:class:`~reverie.modules.RSSMPrior`, :class:`~reverie.modules.RSSMPriorV3`).
         decoder: ``(state, belief) -> observation``.
         real: one real episode ``[T]`` with ``action`` and ``("next", obs_key)``.
         context: filtered steps (``0 < context < T``).
@@ -40,7 +43,7 @@ def imagine_open_loop(world_model: TensorDictModuleBase, prior: nn.Module, decod
     state, belief = filtered["state"][-1], filtered["belief"][-1]
     imagined = []
     for t in range(context, T):
-        _, _, state, belief = prior(state, belief, real["action"][t], noise=torch.zeros_like(state))
+        state, belief = prior.mode(state, belief, real["action"][t])
         imagined.append(decoder(state, belief))
     return real["next", obs_key][context:], torch.stack(imagined)
 

@@ -3,6 +3,7 @@
 from reverie.modules.dreamer_nets import DreamerActor, ObsDecoder, ObsEncoder
 from reverie.modules.dreamer_policy import DreamerPolicy
 from reverie.modules.dreamer_v3_nets import (
+    ClippedNormal,
     DreamerV3ContinuousActor,
     DreamerV3DiscreteActor,
     DreamerV3ImageDecoder,
@@ -27,6 +28,7 @@ __all__ = [
     "RSSMPrior",
     "RSSMRollout",
     "BlockLinear",
+    "ClippedNormal",
     "DreamerV3ContinuousActor",
     "DreamerV3DiscreteActor",
     "DreamerV3ImageDecoder",

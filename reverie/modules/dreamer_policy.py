@@ -40,8 +40,11 @@ class DreamerPolicy(TensorDictModuleBase):
 
     Args:
         encoder: observation ``(*E, *obs)`` -> embedding ``(*E, embed)``.
-        prior: an :class:`~reverie.modules.RSSMPrior`.
-        posterior: an :class:`~reverie.modules.RSSMPosterior`.
+        prior: an :class:`~reverie.modules.RSSMPrior` or :class:`~reverie.modules.RSSMPriorV3`
+            (any module ``(state, belief, action) -> (..., belief)`` with attributes
+            ``state_dim``, ``belief_dim`` and ``action_dim``).
+        posterior: an :class:`~reverie.modules.RSSMPosterior` or
+            :class:`~reverie.modules.RSSMPosteriorV3` (``(belief, embedding) -> (..., state)``).
         actor: a TensorDict module reading ``state``/``belief`` and writing ``action``.
         action_spec: the env's bounded action spec (shape ``(A,)`` or ``(*E, A)``).
         obs_key: the observation key read from the env's tensordict.
@@ -109,7 +112,7 @@ class DreamerPolicy(TensorDictModuleBase):
         else:
             device = obs.device
             dtype = obs.dtype if obs.is_floating_point() else torch.get_default_dtype()
-        sizes = (self.prior.state_dim, self.prior.rnn_hidden_dim, self.prior.action_dim)
+        sizes = (self.prior.state_dim, self.prior.belief_dim, self.prior.action_dim)
         return tuple(torch.zeros(*batch, n, device=device, dtype=dtype) for n in sizes)
 
     @torch.no_grad()
@@ -123,8 +126,8 @@ class DreamerPolicy(TensorDictModuleBase):
             if is_init is not None:
                 self.latent = self._masked_zeros(self.latent, is_init)
         state, belief, action = self.latent
-        _, _, _, belief = self.prior(state, belief, action)  # h_t
-        _, _, state = self.posterior(belief, self.encoder(obs))  # s_t
+        belief = self.prior(state, belief, action)[-1]  # h_t
+        state = self.posterior(belief, self.encoder(obs))[-1]  # s_t
         action = self.actor(TensorDict({"state": state, "belief": belief}, batch))["action"]
         if self.noise > 0:
             space = self.action_spec.space

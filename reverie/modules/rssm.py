@@ -80,6 +80,7 @@ class RSSMPrior(nn.Module):
                 raise ValueError("RSSMPrior: give action_spec or action_dim (the action size).")
             action_dim = int(action_spec.shape[-1])
         self.state_dim, self.rnn_hidden_dim, self.action_dim = state_dim, rnn_hidden_dim, action_dim
+        self.belief_dim = rnn_hidden_dim  # the latent interface shared with RSSMPriorV3
         self.scale_lb = scale_lb
         self.action_state_projector = nn.Sequential(
             nn.Linear(state_dim + action_dim, hidden_dim), nn.ELU())
@@ -96,6 +97,12 @@ class RSSMPrior(nn.Module):
         belief = _gru(self.rnn, x, belief)  # (*B, R)
         mean, std, state = _gaussian(self.rnn_to_prior_projector(belief), self.scale_lb, noise)
         return mean, std, state, belief
+
+
+    def mode(self, state: Tensor, belief: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        """The most likely step: ``(mu_p, h_{t+1})``, the prior's mean and the new belief."""
+        mean, _, _, belief = self(state, belief, action, noise=torch.zeros_like(state))
+        return mean, belief
 
 
 class RSSMPosterior(nn.Module):

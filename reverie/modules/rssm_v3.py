@@ -308,6 +308,14 @@ class RSSMPriorV3(nn.Module):
         state = sample_one_hot(raw, self.unimix, gumbel).flatten(-2)
         return unimix_logits(raw, self.unimix), state, belief
 
+    def mode(self, state: Tensor, belief: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        """The most likely step: ``(one-hot argmax of every prior categorical (*B, S * C),
+        h_{t+1} (*B, D))`` (open-loop diagnostics)."""
+        belief = self.core(state, belief, action)
+        logits = self.raw_prior_logits(belief)
+        index = logits.argmax(-1, keepdim=True)
+        return torch.zeros_like(logits).scatter_(-1, index, 1.0).flatten(-2), belief
+
 
 class RSSMPosteriorV3(nn.Module):
     """Representation model: ``(h_{t+1}, e_{t+1}) -> (posterior logits, z_{t+1} ~ q)``.

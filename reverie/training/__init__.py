@@ -11,7 +11,12 @@
 """
 
 from .agent import Agent, Schedule
-from .buffer import buffer_state_dict, load_buffer_state_dict, make_replay_buffer
+from .buffer import (
+    buffer_state_dict,
+    check_buffer_memory,
+    load_buffer_state_dict,
+    make_replay_buffer,
+)
 from .collect import EPISODE_KEY, make_collector, wrap_env
 from .device import available_devices, resolve_device
 from .evaluate import episode_return, run_episodes
@@ -26,6 +31,7 @@ __all__ = [
     "LoopState",
     "make_replay_buffer",
     "buffer_state_dict",
+    "check_buffer_memory",
     "load_buffer_state_dict",
     "make_collector",
     "wrap_env",

@@ -21,6 +21,7 @@ torch.Size([10, 1])
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +30,8 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import Sampler
 
-__all__ = ["make_replay_buffer", "buffer_state_dict", "load_buffer_state_dict", "ToDevice"]
+__all__ = ["make_replay_buffer", "buffer_state_dict", "check_buffer_memory", "load_buffer_state_dict",
+           "ToDevice"]
 
 
 class ToDevice:
@@ -115,3 +117,15 @@ def load_buffer_state_dict(buffer: ReplayBuffer, state: Mapping[str, Any]) -> No
         buffer.writer.load_state_dict(state["_writer"])
     if state.get("_sampler"):
         buffer.sampler.load_state_dict(state["_sampler"])
+
+
+def check_buffer_memory(transition: TensorDictBase, capacity: int, who: str = "replay") -> None:
+    """Fail early when ``capacity`` transitions like ``transition`` would need more than half
+    of this machine's memory (the error names the size and says to lower ``buffer_size``)."""
+    need = capacity * sum(v.numel() * v.element_size() for v in transition.values(True, True))
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > 0.5 * total:
+        raise ValueError(
+            f"{who}: buffer_size={capacity} transitions of {need / capacity / 1e3:.0f} kB need "
+            f"{need / 1e9:.1f} GB, more than half of this machine's {total / 1e9:.0f} GB; lower "
+            "buffer_size (the `pixels` presets use 10000).")
