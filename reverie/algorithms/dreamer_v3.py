@@ -130,6 +130,8 @@ class Config(RunConfig):
     cnn_depth: int = cfg(32, "Filters of the first convolution (pixels).")
     unimix: float = cfg(0.01, "Uniform mix of the latent and action categoricals.")
     horizon: int = cfg(15, "Imagined steps per actor/critic update.")
+    imagine_last: int = cfg(0, "Imagine from the posterior latents of the last this many steps of each "
+                            "sequence (0: all batch_length; the authors' imag_last).")
     gamma: float = cfg(1 - 1 / 333, "Discount (paper: 1 - 1/333).")
     lmbda: float = cfg(0.95, "Lambda of the lambda-returns.")
     entropy_weight: float = cfg(3e-4, "Actor entropy regulariser.")
@@ -141,6 +143,9 @@ class Config(RunConfig):
     slow_critic_weight: float = cfg(1.0, "Weight of the slow-critic regulariser.")
     actor_gradient: Literal["auto", "reinforce", "dynamics"] = cfg(
         "auto", "Actor gradient: auto = dynamics (reparameterised) for continuous, reinforce for discrete actions.")
+    precision: Literal["float32", "bfloat16"] = cfg(
+        "float32", "Compute dtype of the update's matrix products (bfloat16: torch.autocast, as the "
+        "authors compute; parameters and optimiser state stay float32).")
     lr: float = cfg(4e-5, "LaProp learning rate of the world model, actor and critic.")
     eps: float = cfg(1e-20, "LaProp epsilon.")
     agc: float = cfg(0.3, "Adaptive gradient clipping threshold (per parameter tensor).")
@@ -159,6 +164,30 @@ class Config(RunConfig):
                   "eval_every": 200, "eval_episodes": 1, "warmup": 10, "buffer_size": 10_000,
                   "checkpoint_every": 100},
     }
+
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, low in (("env_steps", 1), ("batch_size", 1), ("batch_length", 2), ("deter", 1),
+                          ("hidden", 1), ("stoch", 1), ("classes", 2), ("blocks", 1),
+                          ("mlp_layers", 1), ("horizon", 1), ("action_repeat", 1),
+                          ("eval_episodes", 1), ("buffer_size", 1), ("random_steps", 0),
+                          ("max_episode_steps", 0), ("imagine_last", 0), ("warmup", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"dreamer_v3: {name}={value!r}; it must be an integer >= {low}.")
+        if self.deter % self.blocks:
+            raise ValueError(f"dreamer_v3: deter={self.deter} must be a multiple of blocks={self.blocks}.")
+        if self.imagine_last == 1 or self.imagine_last > self.batch_length:
+            raise ValueError(f"dreamer_v3: imagine_last={self.imagine_last}; use 0 (all steps) or 2.."
+                             f"batch_length={self.batch_length} (the replay critic needs 2 steps).")
+        for name in ("train_ratio", "lr"):
+            value = getattr(self, name)
+            if not 0 < value < float("inf"):
+                raise ValueError(f"dreamer_v3: {name}={value!r}; it must be positive and finite.")
+        if not 0 < self.gamma <= 1 or not 0 <= self.lmbda <= 1:
+            raise ValueError(f"dreamer_v3: gamma={self.gamma} must be in (0, 1] and lmbda={self.lmbda} "
+                             "in [0, 1].")
 
 
 # ----------------------------------------------------------------------------- env
@@ -345,15 +374,21 @@ class DreamerV3Agent(Agent):
         c = self.config
         n = max(1, round(c.train_ratio * batch.numel() / (c.batch_size * c.batch_length)))
         metrics: dict[str, torch.Tensor] = {}
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                  enabled=c.precision == "bfloat16")
         for _ in range(n):
             sample = buffer.sample().reshape(c.batch_size, c.batch_length)
-            model, data = self.losses["model"](sample)
+            with autocast:
+                model, data = self.losses["model"](sample)
             self._step("model", model, self.world_model)
-            actor, imagined = self.losses["actor"](data.get("next"))
+            last = data[:, -(c.imagine_last or c.batch_length):]  # (B, K) starts
+            with autocast:
+                actor, imagined = self.losses["actor"](last.get("next"))
             self._step("actor", actor, self.actor)
-            value, _ = self.losses["value"](imagined)
-            bootstrap = imagined["lambda_target"][:, 0].reshape(c.batch_size, c.batch_length, 1)
-            replay, _ = self.losses["replay_value"](data, bootstrap)
+            with autocast:
+                value, _ = self.losses["value"](imagined)
+                bootstrap = imagined["lambda_target"][:, 0].reshape(*last.shape, 1)
+                replay, _ = self.losses["replay_value"](last, bootstrap)
             self._step("critic", value.update(replay), self.critic)
             ema_update_(self.slow_critic.parameters(), self.critic.parameters(), c.slow_critic_rate)
             self.updates += 1
