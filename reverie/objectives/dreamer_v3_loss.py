@@ -96,6 +96,29 @@ class DreamerV3ModelLoss(LossModule):
     Returns (forward): ``(loss_td, td)``: the five ``loss_model_*`` terms, the detached
     mean ``kl`` (``KL(q || p)`` before free bits) and entropies ``prior_entropy``,
     ``posterior_entropy``; ``td`` is the batch with the model's outputs.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> class ToyModel(torch.nn.Module):  # observation (3,) -> every output, 4 x 5 latents
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = torch.nn.Linear(3, 2 * 20 + 3 + 255 + 1)
+        ...     def forward(self, obs):
+        ...         return self.net(obs).split([20, 20, 3, 255, 1], -1)
+        >>> out = [("next", k) for k in ("posterior_logits", "prior_logits", "reco_observation",
+        ...                               "reward_logits", "cont_logit")]
+        >>> model = TensorDictModule(ToyModel(), [("next", "observation")], out)
+        >>> unflatten = lambda td: td.set(out[0], td[out[0]].unflatten(-1, (4, 5))).set(
+        ...     out[1], td[out[1]].unflatten(-1, (4, 5)))
+        >>> world_model = lambda td: unflatten(model(td))
+        >>> batch = TensorDict({("next", "observation"): torch.randn(2, 8, 3),
+        ...                     ("next", "reward"): torch.randn(2, 8, 1),
+        ...                     ("next", "terminated"): torch.zeros(2, 8, 1, dtype=torch.bool)}, [2, 8])
+        >>> loss_td, _ = DreamerV3ModelLoss(world_model)(batch)
+        >>> sorted(k for k in loss_td.keys() if k.startswith("loss_"))
+        ['loss_model_cont', 'loss_model_dyn', 'loss_model_reco', 'loss_model_rep', 'loss_model_reward']
     """
 
     @dataclass
@@ -307,6 +330,20 @@ class DreamerV3ValueLoss(LossModule):
 
     Returns (forward): ``(loss_td, td)`` with ``loss_value`` and the detached mean
     ``value``.
+
+    Examples:
+        >>> import math, torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from reverie.modules import SymExpTwoHot
+        >>> head = lambda: TensorDictModule(SymExpTwoHot(4, hidden=8, layers=1), ["state"],
+        ...                                 ["value_logits"])  # a fresh head predicts exactly 0
+        >>> fake = TensorDict({"state": torch.randn(3, 5, 4), "belief": torch.zeros(3, 5, 2),
+        ...                    "lambda_target": torch.randn(3, 5, 1),
+        ...                    "loss_weight": torch.ones(3, 5, 1)}, [3, 5])
+        >>> loss_td, _ = DreamerV3ValueLoss(head(), head())(fake)
+        >>> round(loss_td["loss_value"].item() / math.log(255), 4)  # 2 uniform cross-entropies
+        2.0
     """
 
     def __init__(self, critic: TensorDictModuleBase, slow_critic: TensorDictModuleBase, *,
