@@ -805,3 +805,21 @@ def test_swingup_cost_matrix_hand_computed():
     # hanging down at x = 0: d = 2 l
     down = np.array([0.0, 0.0, -1.0, 0.0, 0.0, -np.pi]) - TARGET.numpy()
     assert down @ W @ down == pytest.approx((2 * ell) ** 2 / width**2, rel=1e-12)
+
+
+def test_cartpole_measurement_noise_is_on_the_observation_only():
+    import numpy as np
+
+    from reverie.envs import CartPoleSwingUp
+
+    clean, noisy = CartPoleSwingUp(), CartPoleSwingUp(obs_noise=0.01)
+    obs_c, _ = clean.reset(seed=3)
+    obs_n, _ = noisy.reset(seed=3)
+    assert np.array_equal(clean.state, noisy.state)  # the same true start state
+    assert not np.array_equal(obs_c, obs_n) and np.abs(obs_c - obs_n).max() < 0.1
+    out_c, out_n = clean.step(np.array([2.0])), noisy.step(np.array([2.0]))
+    assert np.array_equal(clean.state, noisy.state)
+    assert out_c[1] == out_n[1]  # the reward is computed on the true state
+    assert np.allclose(out_c[0], clean._obs())  # noise-free by default
+    with pytest.raises(ValueError, match="obs_noise"):
+        CartPoleSwingUp(obs_noise=-1.0)

@@ -91,9 +91,9 @@ def make_env(config: Config):
     if task is None:
         raise ValueError(f"pilco: no task definition for {name!r}; known: {sorted(TASKS)}.")
     if task.start_down:
-        env = GymWrapper(_StartDown(gym.make(name)), frame_skip=task.frame_skip)
+        env = GymWrapper(_StartDown(gym.make(name, **(task.env_kwargs or {}))), frame_skip=task.frame_skip)
     else:
-        env = GymEnv(name, frame_skip=task.frame_skip)
+        env = GymEnv(name, frame_skip=task.frame_skip, **(task.env_kwargs or {}))
     if env.observation_spec["observation"].dtype != torch.float64:
         env = TransformedEnv(env, DTypeCastTransform(torch.float32, torch.float64, in_keys=["observation"]))
     return env

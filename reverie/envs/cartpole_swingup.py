@@ -63,7 +63,10 @@ class CartPoleSwingUp(gym.Env):
     PILCO's simulated task: parameters :data:`PARAMS`, a force ``u in [-10, 10]`` N held
     for ``dt = 0.1`` s (zero-order hold, integrated with RK4 in 10 sub-steps), start state
     ``(x, x_dot, theta_dot, theta) ~ N(0, 0.1^2 I)`` around hanging down (``theta = 0``),
-    episodes of ``max_steps = 40`` (4 s, PILCO's horizon), never terminated early.
+    episodes of ``max_steps = 40`` (4 s, PILCO's horizon), never terminated early. With
+    ``obs_noise > 0`` the observed ``(x, x_dot, theta_dot, theta)`` carry Gaussian measurement
+    noise of that standard deviation (PILCO's MATLAB scenario: 0.01); the reward and
+    ``info["upright"]`` use the true state.
 
     Observation ``(x, x_dot, cos(phi), sin(phi), phi_dot, phi)`` (float64) with
     ``phi = theta - pi`` the pole's angle from upright, unwrapped (a full turn adds
@@ -80,16 +83,22 @@ class CartPoleSwingUp(gym.Env):
     metadata = {"render_modes": []}
     upright_tolerance = 0.2
 
-    def __init__(self, max_steps: int = 40, dt: float = 0.1, substeps: int = 10) -> None:
+    def __init__(self, max_steps: int = 40, dt: float = 0.1, substeps: int = 10,
+                 obs_noise: float = 0.0) -> None:
+        if not obs_noise >= 0.0:
+            raise ValueError(f"CartPoleSwingUp: obs_noise={obs_noise}; it must be >= 0.")
         self.dt, self.max_steps, self.substeps = dt, max_steps, substeps
+        self.obs_noise = obs_noise
         self.max_force = 10.0
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (6,), np.float64)
         self.action_space = gym.spaces.Box(-self.max_force, self.max_force, (1,), np.float32)
         self.state = np.zeros(4)
         self.t = 0
 
-    def _obs(self) -> np.ndarray:
+    def _obs(self, noisy: bool = False) -> np.ndarray:
         x, v, w, th = self.state
+        if noisy and self.obs_noise > 0:
+            x, v, w, th = self.state + self.obs_noise * self.np_random.standard_normal(4)
         phi = th - np.pi
         return np.array([x, v, np.cos(phi), np.sin(phi), w, phi])
 
@@ -100,7 +109,7 @@ class CartPoleSwingUp(gym.Env):
         super().reset(seed=seed)
         self.state = 0.1 * self.np_random.standard_normal(4)  # around hanging down (theta = 0)
         self.t = 0
-        return self._obs(), {"upright": False}
+        return self._obs(noisy=True), {"upright": False}
 
     def step(self, action):
         u = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -self.max_force, self.max_force))
@@ -114,12 +123,11 @@ class CartPoleSwingUp(gym.Env):
             z = z + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
         self.state = z
         self.t += 1
-        obs = self._obs()
         target = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
-        diff = obs - target
+        diff = self._obs() - target
         reward = -(1.0 - np.exp(-0.5 * diff @ swingup_cost_matrix() @ diff))
         upright = abs(self.angle_from_upright()) < self.upright_tolerance
-        return obs, float(reward), False, self.t >= self.max_steps, {"upright": upright}
+        return self._obs(noisy=True), float(reward), False, self.t >= self.max_steps, {"upright": upright}
 
 
 if "reverie/CartPoleSwingUp-v0" not in gym.registry:

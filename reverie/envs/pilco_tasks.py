@@ -52,6 +52,7 @@ class Task:
     angle_dims: dict[int, tuple[int, int]] | None = None  # GPWorldModel(angle_dims=...)
     policy_dims: tuple[int, ...] | None = None  # observations the controller reads (None: all)
     policy_lengthscales: tuple[float, ...] | None = None  # initial, per policy input (None: 1)
+    env_kwargs: dict | None = None  # keyword arguments of gym.make (e.g. obs_noise)
 
 
 TASKS: dict[str, Task] = {
