@@ -10,6 +10,11 @@ logits (a fresh head predicts exactly 0), 0.01 for the actor, 1 elsewhere.
 Heads and actors read the features ``concat(state (*B, S * C), belief (*B, D))`` (the flat
 one-hot stochastic state, then the deterministic belief). The authors concatenate
 ``[deter, stoch]``: the same network up to a permutation of the first layer's inputs.
+Every network here also takes the parts as separate arguments, ``net(state, belief)``, and
+then computes its first layer as ``W_z z + W_h h`` (:func:`~reverie.modules.rssm_v3.split_linear`)
+without writing the concatenation: equal up to float rounding, and about 5% faster on a
+DreamerV3 update on the CPU (the ``(N, S * C + D)`` copies of the heads on every imagined
+latent go away).
 
 Vector observations: the authors encode ``symlog(obs)`` with an MLP (3 layers of ``units``
 in their current code); use :class:`DreamerV3MLP` with ``out_features=None`` on
@@ -32,7 +37,9 @@ from reverie.modules.rssm_v3 import (
     LinearNormAct,
     gumbel_from_uniform,
     linear,
+    rms_norm,
     sample_one_hot,
+    split_linear,
     trunc_normal_,
 )
 from reverie.objectives.dreamer_v3_math import symexp_bins, two_hot_decode, unimix_logits
@@ -56,11 +63,17 @@ class DreamerV3MLP(nn.Module):
     Attributes:
         out_features: the output size.
 
+    ``forward(*inputs)``: one ``(*B, in_features)`` tensor, or several ``(*B, d_i)`` parts
+    that act as their concatenation (``sum d_i == in_features``).
+
     Examples:
         >>> import torch
         >>> mlp = DreamerV3MLP(10, 3, hidden=16, layers=2)
         >>> mlp(torch.randn(4, 5, 10)).shape
         torch.Size([4, 5, 3])
+        >>> z, h = torch.randn(4, 6), torch.randn(4, 4)
+        >>> torch.allclose(mlp(z, h), mlp(torch.cat([z, h], -1)), atol=1e-6)
+        True
         >>> DreamerV3MLP(10, 3, hidden=16, layers=2, outscale=0.0)(torch.randn(2, 10))
         tensor([[0., 0., 0.],
                 [0., 0., 0.]], grad_fn=<AddmmBackward0>)
@@ -75,8 +88,14 @@ class DreamerV3MLP(nn.Module):
         self.out = None if out_features is None else linear(width, out_features, outscale=outscale)
         self.out_features = width if out_features is None else out_features
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.hidden(x)
+    def forward(self, *inputs: Tensor) -> Tensor:
+        if not self.hidden:
+            if self.out is None:
+                return inputs[0] if len(inputs) == 1 else torch.cat(inputs, -1)
+            return split_linear(inputs, self.out)
+        x = self.hidden[0](*inputs)
+        for layer in self.hidden[1:]:
+            x = layer(x)
         return x if self.out is None else self.out(x)
 
 
@@ -98,7 +117,7 @@ def _conv(in_channels: int, out_channels: int, kernel: int, bias: bool,
 def _norm_silu_channels(x: Tensor, norm: nn.RMSNorm) -> Tensor:
     """RMSNorm over the channels of ``(N, C, H, W)`` images, then SiLU (layout kept)."""
     x = x.permute(0, 2, 3, 1)  # NHWC: a contiguous view for channels-last images
-    x = F.silu(F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps))
+    x = F.silu(rms_norm(x, norm))
     return x.permute(0, 3, 1, 2)
 
 
@@ -255,8 +274,7 @@ class DreamerV3ImageDecoder(nn.Module):
             x = xb.reshape(n, s, s, c) + self.space_state(state).view(n, s, s, c)
         else:
             x = self.space(x).view(n, s, s, c)
-        x = F.silu(F.rms_norm(x, self.space_norm.normalized_shape, self.space_norm.weight,
-                              self.space_norm.eps))
+        x = F.silu(rms_norm(x, self.space_norm))
         x = x.permute(0, 3, 1, 2)  # NCHW with channels-last strides
         x = x if self.channels_last else x.contiguous()
         for conv, norm in zip(self.convs, self.norms, strict=True):
@@ -296,8 +314,8 @@ class SymExpTwoHot(nn.Module):
         self.mlp = DreamerV3MLP(in_features, num_bins, hidden, layers, outscale=outscale)
         self.register_buffer("bins", symexp_bins(num_bins), persistent=False)
 
-    def forward(self, features: Tensor) -> Tensor:
-        return self.mlp(features)
+    def forward(self, *features: Tensor) -> Tensor:
+        return self.mlp(*features)
 
     def mean(self, logits: Tensor) -> Tensor:
         """The predicted value ``softmax(logits)^T bins``: ``(*B, num_bins) -> (*B, 1)``."""
@@ -385,8 +403,8 @@ class DreamerV3ContinuousActor(nn.Module):
         self.mlp = DreamerV3MLP(in_features, 2 * action_dim, hidden, layers, outscale=outscale)
         self.action_dim, self.min_std, self.max_std = action_dim, min_std, max_std
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        mu, rho = self.mlp(features).chunk(2, -1)
+    def forward(self, *features: Tensor) -> tuple[Tensor, Tensor]:
+        mu, rho = self.mlp(*features).chunk(2, -1)
         scale = (self.max_std - self.min_std) * torch.sigmoid(rho + 2.0) + self.min_std
         return torch.tanh(mu), scale
 
@@ -430,8 +448,8 @@ class DreamerV3DiscreteActor(nn.Module):
         self.mlp = DreamerV3MLP(in_features, num_actions, hidden, layers, outscale=outscale)
         self.num_actions, self.unimix = num_actions, unimix
 
-    def forward(self, features: Tensor) -> Tensor:
-        return unimix_logits(self.mlp(features), self.unimix)
+    def forward(self, *features: Tensor) -> Tensor:
+        return unimix_logits(self.mlp(*features), self.unimix)
 
     @staticmethod
     def sample(logits: Tensor, uniform: Tensor | None = None,
