@@ -410,8 +410,12 @@ def build_sheeprl(python: Path, preset: str, batch_size: int, batch_length: int,
     runner = SheepRLRunner(python, preset, batch_size, batch_length,
                            "bf16-mixed" if bf16 else "32-true", threads, warmup)
     info = runner.info
+    names = {"encoder": "encoder", "rssm": "rssm", "observation_model": "decoder",
+             "reward_model": "reward", "continue_model": "continue"}  # SheepRL's -> ours
+    parts = {ours: info["params"]["parts"][theirs] for theirs, ours in names.items()
+             if theirs in info["params"]["parts"]}
     params = {**{k: info["params"][k] for k in ("world_model", "actor", "critic")},
-              "slow_critic": info["params"]["target_critic"], "parts": info["params"]["parts"]}
+              "slow_critic": info["params"]["target_critic"], "parts": parts}
     return {"update": runner.update, "params": params, "close": runner.close, "timed_inside": True,
             "versions": {"sheeprl": info["sheeprl"], "torch": info["torch"]}}
 
