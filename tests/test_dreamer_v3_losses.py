@@ -211,7 +211,8 @@ def test_replay_value_returns_by_hand():
     batch = TensorDict({
         ("next", "state"): torch.zeros(1, 3, 4), ("next", "belief"): torch.zeros(1, 3, 8),
         ("next", "reward"): torch.tensor([[[9.0], [1.0], [2.0]]]),
-        ("next", "terminated"): torch.tensor([[[False], [False], [True]]])}, [1, 3])
+        ("next", "terminated"): torch.tensor([[[False], [False], [True]]]),
+        ("next", "done"): torch.tensor([[[False], [False], [True]]])}, [1, 3])
     boot = torch.tensor([[[10.0], [20.0], [30.0]]])
     gamma, lmbda = 0.5, 0.8
     out, td = DreamerV3ReplayValueLoss(critic, critic, gamma=gamma, lmbda=lmbda, weight=0.3)(batch, boot)
@@ -221,3 +222,22 @@ def test_replay_value_returns_by_hand():
     assert out["loss_replay_value"].item() == pytest.approx(0.3 * 2 * math.log(K), rel=1e-5)
     with pytest.raises(ValueError, match="bootstrap has shape"):
         DreamerV3ReplayValueLoss(critic, critic)(batch, boot[:, :2])
+
+
+def test_replay_returns_stop_at_an_episode_end_inside_the_sequence():
+    _, _, _, critic, _, _ = _imagination(OneHot(3))
+    # T = 4: s_1 ends its episode by truncation (done, not terminated); s_2 starts the next
+    batch = TensorDict({
+        ("next", "state"): torch.zeros(1, 4, 4), ("next", "belief"): torch.zeros(1, 4, 8),
+        ("next", "reward"): torch.tensor([[[0.0], [1.0], [5.0], [2.0]]]),
+        ("next", "terminated"): torch.zeros(1, 4, 1, dtype=torch.bool),
+        ("next", "done"): torch.tensor([[[False], [True], [False], [False]]])}, [1, 4])
+    boot = torch.tensor([[[10.0], [20.0], [30.0], [40.0]]])
+    gamma, lmbda = 0.5, 0.8
+    out, td = DreamerV3ReplayValueLoss(critic, critic, gamma=gamma, lmbda=lmbda)(batch, boot)
+    ret2 = 2.0 + gamma * 40.0
+    ret1 = 5.0 + gamma * ((1 - lmbda) * 30.0 + lmbda * ret2)  # s_1's own target: weight 0
+    ret0 = 1.0 + gamma * 20.0  # the truncated s_1 ends the return: bootstrap b_1 alone
+    assert torch.allclose(td["lambda_target"][0, :, 0], torch.tensor([ret0, ret1, ret2]))
+    assert td["loss_weight"][0, :, 0].tolist() == [1.0, 0.0, 1.0]
+    assert out["loss_replay_value"].item() == pytest.approx(0.3 * 2 * math.log(K) * 2 / 3, rel=1e-5)

@@ -68,3 +68,24 @@ def test_pixel_debug_run_writes_the_open_loop_video(tmp_path):
     assert (run_dir / "diagnostics" / "imagined_vs_real.gif").exists()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["pixels"] is True
+
+
+def test_replay_slices_cross_episodes_so_short_episodes_and_their_ends_are_replayed():
+    from tensordict import TensorDict
+
+    config = resolve_config(dreamer_v3.Config, ["debug"], ["env=CartPole-v1", "batch_length=8"])
+    agent = dreamer_v3.make_agent(config, dreamer_v3.make_env(config), torch.device("cpu"))
+    n = 60  # episodes of 5 steps, all shorter than batch_length
+    step = torch.arange(n) % 5
+    batch = TensorDict({
+        "observation": torch.randn(n, 4), "action": torch.zeros(n, 2), "is_init": (step == 0)[:, None],
+        "episode": torch.arange(n) // 5,
+        ("next", "observation"): torch.randn(n, 4), ("next", "reward"): torch.ones(n, 1),
+        ("next", "terminated"): (step == 4)[:, None], ("next", "done"): (step == 4)[:, None],
+        ("next", "truncated"): torch.zeros(n, 1, dtype=torch.bool)}, [n])
+    buffer = agent.make_buffer()
+    buffer.extend(agent.store(batch))
+    sample = buffer.sample().reshape(config.batch_size, config.batch_length)
+    assert bool(sample["next", "terminated"].any())  # episode ends are replayed
+    assert bool(sample["is_init"][:, 1:].any())  # a slice continues into the next episode
+    assert torch.equal(sample["episode"].diff(dim=1).clamp(0, 1).bool(), sample["is_init"][:, 1:, 0])

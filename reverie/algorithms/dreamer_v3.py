@@ -8,7 +8,8 @@ Reads top to bottom: config -> env -> models -> agent (its update maths);
    of the RSSM on the real observations, actions sampled from the actor), add them to a
    replay buffer of episodes, then do ``train_ratio * steps / (batch_size * batch_length)``
    updates (``train_ratio`` = replayed steps per agent step, the paper's replay ratio),
-   each on ``batch_size`` slices of ``batch_length`` steps that never cross an episode:
+   each on ``batch_size`` slices of ``batch_length`` consecutive steps (which may cross
+   episodes, as the authors replay: ``is_init`` resets the RSSM there):
 
    * world model: :class:`~reverie.objectives.DreamerV3ModelLoss` (KL balancing with free
      bits, symlog reconstruction, two-hot reward, continue);
@@ -97,9 +98,10 @@ from reverie.objectives import (
 )
 from reverie.optim import LaProp, adaptive_clip_grad_
 from reverie.runs import RunConfig, cfg
-from reverie.training import EPISODE_KEY, Agent, Schedule, check_buffer_memory, make_replay_buffer
+from reverie.training import Agent, Schedule, check_buffer_memory, make_replay_buffer
 
 NAME = "dreamer_v3"
+STREAM_KEY = "stream"  # one replay stream: slices may cross episodes
 
 _SIZES = {  # deter (GRU), hidden, cnn depth, MLP layers
     "XS": {"deter": 256, "hidden": 256, "cnn_depth": 24, "mlp_layers": 1},
@@ -355,16 +357,22 @@ class DreamerV3Agent(Agent):
         return self._policies[explore]
 
     def make_buffer(self):
+        """Slices of ``batch_length`` consecutive stored steps that may cross episodes, as the
+        authors replay (``is_init`` resets the RSSM where an episode starts; the losses cut
+        returns at episode ends): short episodes, and their terminations, are replayed too,
+        where slices kept inside one episode could never hold an episode shorter than
+        ``batch_length``."""
         c = self.config
-        sampler = SliceSampler(slice_len=c.batch_length, traj_key=EPISODE_KEY, strict_length=True)
+        sampler = SliceSampler(slice_len=c.batch_length, traj_key=STREAM_KEY, strict_length=True)
         return make_replay_buffer(c.buffer_size, c.batch_size * c.batch_length, self.device, sampler)
 
     def store(self, batch):
-        """Transitions without the actor's outputs; pixel runs store each frame once (the
-        model reads ``("next", pixels)``)."""
+        """Transitions without the actor's outputs, in one replay stream (``stream`` = 0);
+        pixel runs store each frame once (the model reads ``("next", pixels)``)."""
         data = batch.exclude("loc", "scale", "logits", "step_count", ("next", "step_count"))
         if self.config.pixels:
             data = data.exclude("pixels")
+        data.set(STREAM_KEY, torch.zeros(data.shape, dtype=torch.int8))
         check_buffer_memory(data[0], self.config.buffer_size, NAME)
         return data
 

@@ -48,7 +48,7 @@ def kl_free_nats(kl: Tensor, free_nats: float, delayed_clamp: bool = False) -> T
 
 
 def lambda_returns(reward: Tensor, next_value: Tensor, terminated: Tensor, gamma: float,
-                   lmbda: float) -> Tensor:
+                   lmbda: float | Tensor) -> Tensor:
     """TD(lambda) returns over the time dim (dim ``-2``), bootstrapped at the horizon.
 
     With ``g_t = gamma (1 - terminated_t)`` (Dreamer eq. 6, recursive form)::
@@ -57,13 +57,15 @@ def lambda_returns(reward: Tensor, next_value: Tensor, terminated: Tensor, gamma
         V_t     = r_t + g_t ((1 - lambda) v_{t+1} + lambda V_{t+1})
 
     where ``r_t`` is the reward of step t and ``v_{t+1} = next_value[t]`` the value of the
-    state it reaches.
+    state it reaches. A tensor ``lmbda`` (``(*B, H, 1)``) gives each step its own lambda:
+    ``lambda_t`` weighs ``V_{t+1}`` in ``V_t`` (0 cuts the return at a sequence's episode end:
+    ``V_t`` then bootstraps from ``v_{t+1}`` alone).
 
     Args:
         reward: ``(*B, H, 1)``.
         next_value: ``(*B, H, 1)``.
         terminated: ``(*B, H, 1)`` bool or float.
-        gamma, lmbda: discount and lambda.
+        gamma, lmbda: discount and lambda (a float or ``(*B, H, 1)``).
 
     Returns:
         ``(*B, H, 1)``.
@@ -80,11 +82,15 @@ def lambda_returns(reward: Tensor, next_value: Tensor, terminated: Tensor, gamma
             f"{tuple(next_value.shape)} and terminated {tuple(terminated.shape)} must have one "
             "shape (*B, H, 1).")
     g = gamma * (1.0 - terminated.to(reward.dtype))  # (*B, H, 1)
+    if isinstance(lmbda, Tensor) and lmbda.shape != reward.shape:
+        raise ValueError(f"lambda_returns: lmbda has shape {tuple(lmbda.shape)}; a tensor lmbda "
+                         f"needs the reward's shape {tuple(reward.shape)}.")
     out = []
     last = next_value[..., -1, :]
     for t in range(reward.shape[-2] - 1, -1, -1):
+        lam = lmbda[..., t, :] if isinstance(lmbda, Tensor) else lmbda
         boot = next_value[..., t, :] if t == reward.shape[-2] - 1 else (
-            (1 - lmbda) * next_value[..., t, :] + lmbda * last)
+            (1 - lam) * next_value[..., t, :] + lam * last)
         last = reward[..., t, :] + g[..., t, :] * boot
         out.append(last)
     return torch.stack(out[::-1], -2)

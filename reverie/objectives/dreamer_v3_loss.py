@@ -380,18 +380,20 @@ def _critic_terms(critic, slow_critic, latent: TensorDictBase, target: Tensor,
 
 class DreamerV3ReplayValueLoss(LossModule):
     """Critic loss on replayed sequences, bootstrapped from imagination (the authors'
-    ``repval`` term, weight 0.3)::
+    ``repval`` term, weight 0.3). Replayed sequences may cross episode boundaries::
 
-        ret_j = r_{j+1} + gamma (1 - d_{j+1}) ((1 - lmbda) b_{j+1} + lmbda ret_{j+1}),
-        ret_{T-1} = b_{T-1}
-        loss_replay_value = weight * mean_{j < T-1} (CE2(v(s_j), sg(ret_j))
+        ret_j = r_{j+1} + gamma (1 - d_{j+1}) ((1 - l_{j+1}) b_{j+1} + l_{j+1} ret_{j+1}),
+        l_{j+1} = lmbda (1 - e_{j+1}),      ret_{T-1} = b_{T-1}
+        loss_replay_value = weight * mean_{j < T-1} (1 - e_j) (CE2(v(s_j), sg(ret_j))
                                                       + slow_weight CE2(v(s_j), sg(v_slow(s_j))))
 
     where ``s_j`` are the posterior latents of the batch (``("next", "state"/"belief")``,
-    ``[B, T]``), ``r_{j+1}``/``d_{j+1}`` the real reward and termination of the transition
-    leaving ``s_j`` (``("next", "reward"/"terminated")`` at ``j + 1``) and ``b_j`` the
-    imagined λ-return from ``s_j`` (``R_0`` of :class:`DreamerV3ActorLoss`, passed as
-    ``bootstrap``).
+    ``[B, T]``), ``r_{j+1}``, ``d_{j+1}`` the real reward and termination of the transition
+    leaving ``s_j`` (``("next", "reward"/"terminated")`` at ``j + 1``), ``e_j`` whether
+    ``s_j`` ended its episode (``("next", "done")`` at ``j``: terminated or truncated; the
+    next transition belongs to another episode, so ``s_j`` is left out and the return before
+    it bootstraps from ``b_j`` alone) and ``b_j`` the imagined λ-return from ``s_j`` (``R_0``
+    of :class:`DreamerV3ActorLoss`, passed as ``bootstrap``).
 
     Args:
         critic, slow_critic: as in :class:`DreamerV3ValueLoss`.
@@ -402,7 +404,8 @@ class DreamerV3ReplayValueLoss(LossModule):
         slow_weight: the slow-critic regulariser's weight (1.0).
 
     Returns (forward ``(batch, bootstrap)``, ``bootstrap (B, T, 1)``): ``(loss_td, td)``:
-    ``loss_replay_value``, and the latents ``[B, T - 1]`` with their ``lambda_target``.
+    ``loss_replay_value``, and the latents ``[B, T - 1]`` with their ``lambda_target`` and
+    ``loss_weight``.
     """
 
     def __init__(self, critic: TensorDictModuleBase, slow_critic: TensorDictModuleBase, *,
@@ -422,14 +425,20 @@ class DreamerV3ReplayValueLoss(LossModule):
                              f"batch_size {tuple(batch.batch_size)}.")
         reward = _get(batch, ("next", "reward"), who)
         terminated = _get(batch, ("next", "terminated"), who)
+        ended = _get(batch, ("next", "done"), who)
         if bootstrap.shape != reward.shape:
             raise ValueError(f"{who}: bootstrap has shape {tuple(bootstrap.shape)}; expected the "
                              f"reward's {tuple(reward.shape)} (one imagined return per latent).")
         dtype = bootstrap.dtype
+        ended = ended.to(dtype)
         with torch.no_grad():
             ret = lambda_returns(reward[..., 1:, :].to(dtype), bootstrap[..., 1:, :].detach(),
-                                 terminated[..., 1:, :].to(dtype), self.gamma, self.lmbda)
+                                 terminated[..., 1:, :].to(dtype), self.gamma,
+                                 self.lmbda * (1.0 - ended[..., 1:, :]))
         latent = batch.get("next").select("state", "belief").detach()[..., :-1]
         per_step, _ = _critic_terms(self.critic, self.slow_critic, latent, ret, self.slow_weight)
+        weights = 1.0 - ended[..., :-1, :]
         latent.set("lambda_target", ret)
-        return TensorDict({"loss_replay_value": self.weight * per_step.mean()}, []), latent
+        latent.set("loss_weight", weights)
+        loss = self.weight * (weights * per_step).mean()
+        return TensorDict({"loss_replay_value": loss}, []), latent
