@@ -160,7 +160,7 @@ def build_reverie(config, data: TensorDict, bf16: bool, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     agent = dreamer_v3.make_agent(config, dreamer_v3.make_env(config), torch.device("cpu"))
     buffer = agent.make_buffer()
-    buffer.extend(data)
+    buffer.extend(agent.store(data))  # as the training loop stores a collected batch
     torch.manual_seed(seed + 1)
     fixed = _FixedBatch(buffer.sample())
     one_step = data[:1]  # agent.update does train_ratio * numel / (B * T) = 1 update
@@ -574,8 +574,9 @@ def _git_commit() -> str:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, text=True,
                              capture_output=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "reverie"], cwd=REPO_ROOT,
-                               text=True, capture_output=True, check=True).stdout.strip()
-        return out + ("+dirty (reverie/)" if dirty else "")
+                               text=True, capture_output=True, check=True).stdout.split("\n")
+        dirty = [line[3:] for line in dirty if line.strip()]
+        return out + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
