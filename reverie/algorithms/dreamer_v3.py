@@ -216,14 +216,16 @@ def episode_steps(config: Config) -> int:
 
 # ----------------------------------------------------------------------------- models
 class _Latent(nn.Module):
-    """A network on the concatenated latent ``[state, belief]`` (``(*B, S*C + D)``)."""
+    """A network on the latent ``[state, belief]`` (``(*B, S*C + D)``): passed as the two
+    tensors to networks whose first layer takes them apart (no concatenated copy), or
+    concatenated (``concat=True``)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, concat: bool = False) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.concat = net, concat
 
     def forward(self, state: torch.Tensor, belief: torch.Tensor):
-        return self.net(torch.cat([state, belief], -1))
+        return self.net(torch.cat([state, belief], -1)) if self.concat else self.net(state, belief)
 
 
 class _SymlogInput(nn.Module):
@@ -258,7 +260,7 @@ def make_models(config: Config, env, device: torch.device | str = "cpu") -> dict
     if config.pixels:
         encoder = DreamerV3ImageEncoder(config.cnn_depth, in_channels=3)
         decoder = _Latent(DreamerV3ImageDecoder(S + D, config.cnn_depth, belief_dim=D,
-                                                blocks=config.blocks, hidden=H))
+                                                blocks=config.blocks, hidden=H), concat=True)
     else:
         obs_dim = env.observation_spec["observation"].shape[-1]
         encoder = _SymlogInput(DreamerV3MLP(obs_dim, None, H, L))
