@@ -7,6 +7,7 @@ import torch
 
 from reverie.algorithms import dreamer
 from reverie.cli import main
+from reverie.diagnostics import imagine_open_loop
 from reverie.training import check_buffer_memory
 
 
@@ -119,7 +120,7 @@ def test_dreamer_policy_filters_like_the_rssm_and_resets():
     policy.reset()
     assert policy.latent is None
     with pytest.raises(ValueError, match="context"):
-        dreamer.imagine_open_loop(models["world_model"], prior, models["decoder"], rollout, 6)
+        imagine_open_loop(models["world_model"], prior, models["decoder"], rollout, 6)
 
 
 def test_pixel_world_model_shapes_follow_cnn_channels():

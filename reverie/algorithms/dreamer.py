@@ -52,11 +52,11 @@ from torchrl.envs import (
     ToTensorImage,
     TransformedEnv,
 )
-from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.envs.utils import ExplorationType
 from torchrl.modules import ProbabilisticActor, TanhNormal
 
 from reverie import training
-from reverie.diagnostics import imagine_open_loop, plot_imagined_vs_real
+from reverie.diagnostics import write_latent_diagnostics
 from reverie.envs import DreamerEnv
 from reverie.envs.image import ResizeImage
 from reverie.modules import (
@@ -71,7 +71,14 @@ from reverie.modules import (
 )
 from reverie.objectives import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
 from reverie.runs import RunConfig, cfg
-from reverie.training import EPISODE_KEY, Agent, Schedule, check_buffer_memory, make_replay_buffer
+from reverie.training import (
+    EPISODE_KEY,
+    Agent,
+    CountsUpdates,
+    Schedule,
+    check_buffer_memory,
+    make_replay_buffer,
+)
 
 NAME = "dreamer"
 
@@ -208,7 +215,7 @@ def make_policy(models: dict, config: Config, noise: float) -> DreamerPolicy:
 
 
 # ----------------------------------------------------------------------------- agent
-class DreamerAgent(Agent):
+class DreamerAgent(CountsUpdates, Agent):
     """World model, actor and value with their optimisers; the update is one Dreamer step."""
 
     def __init__(self, config: Config, env, device: torch.device) -> None:
@@ -283,28 +290,13 @@ class DreamerAgent(Agent):
         nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
         optim.step()
 
-    def counters(self) -> dict:
-        return {"updates": self.updates}
-
-    def extra_state(self) -> dict:
-        return {"updates": self.updates}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.updates = int(state["updates"])
-
-    @torch.no_grad()
-    def diagnose(self, env, out_dir, seed: int, context: int = 5, horizon: int = 30) -> dict:
-        """Real vs imagined observations on a fresh episode: filter ``context`` steps, then
-        imagine ``horizon`` steps open loop with the real actions and decode them."""
-        env.set_seed(seed)
-        with set_exploration_type(ExplorationType.RANDOM):
-            real = env.rollout(context + horizon, self.policy(explore=True), break_when_any_done=False,
-                               auto_cast_to_device=True)
-        truth, imagined = imagine_open_loop(self.world_model, self.models["prior"], self.models["decoder"],
-                                            real.to(self.device), context, self.obs_key)
-        plot_imagined_vs_real(truth.cpu(), imagined.cpu(), out_dir / "imagined_vs_real.png",
-                              context=context,
-                              title=f"Dreamer {self.config.env}: real vs imagined, seed {self.config.seed}")
+    def diagnose(self, env, out_dir, seed: int) -> dict:
+        """Real vs imagined observations on a fresh episode (5 filtered steps, then 30 imagined
+        open loop with the real actions and decoded)."""
+        write_latent_diagnostics(
+            env, self.policy(explore=True), self.world_model, self.models["prior"],
+            self.models["decoder"], self.obs_key, out_dir, seed, device=self.device,
+            title=f"Dreamer {self.config.env}: real vs imagined, seed {self.config.seed}")
         return {}
 
 

@@ -71,11 +71,11 @@ from torchrl.envs import (
     ToTensorImage,
     TransformedEnv,
 )
-from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.envs.utils import ExplorationType
 from torchrl.modules import OneHotCategorical, ProbabilisticActor
 
 from reverie import training
-from reverie.diagnostics import imagine_open_loop, plot_imagined_vs_real, write_video
+from reverie.diagnostics import write_latent_diagnostics
 from reverie.envs import DreamerEnv
 from reverie.envs.image import ResizeImage
 from reverie.modules import (
@@ -104,7 +104,13 @@ from reverie.objectives import (
 )
 from reverie.optim import LaProp, adaptive_clip_grad_
 from reverie.runs import RunConfig, cfg
-from reverie.training import Agent, Schedule, check_buffer_memory, make_replay_buffer
+from reverie.training import (
+    Agent,
+    CountsUpdates,
+    Schedule,
+    check_buffer_memory,
+    make_replay_buffer,
+)
 
 NAME = "dreamer_v3"
 STREAM_KEY = "stream"  # one replay stream: slices may cross episodes
@@ -316,7 +322,7 @@ def make_models(config: Config, env, device: torch.device | str = "cpu") -> dict
 
 
 # ----------------------------------------------------------------------------- agent
-class DreamerV3Agent(Agent):
+class DreamerV3Agent(CountsUpdates, Agent):
     """World model, actor, critic and slow critic with their optimisers; the update is one
     DreamerV3 step per ``batch_size * batch_length`` replayed steps."""
 
@@ -424,36 +430,15 @@ class DreamerV3Agent(Agent):
         adaptive_clip_grad_(module.parameters(), self.config.agc)
         optim.step()
 
-    def counters(self) -> dict:
-        return {"updates": self.updates}
-
-    def extra_state(self) -> dict:
-        return {"updates": self.updates}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.updates = int(state["updates"])
-
-    @torch.no_grad()
-    def diagnose(self, env, out_dir, seed: int, context: int = 5, horizon: int = 30) -> dict:
-        """Real vs imagined observations on a fresh episode: filter ``context`` steps, then
-        imagine ``horizon`` steps open loop with the real actions and decode them (a strip
-        or curves, and a video for pixels)."""
-        env.set_seed(seed)
-        with set_exploration_type(ExplorationType.RANDOM):
-            real = env.rollout(context + horizon, self.policy(explore=True), break_when_any_done=False,
-                               auto_cast_to_device=True)
-        if real.shape[0] <= context:
-            return {}
-        truth, imagined = imagine_open_loop(self.world_model, self.models["prior"], self.models["decoder"],
-                                            real.to(self.device), context, self.obs_key)
-        if not self.config.pixels:
-            imagined = symexp(imagined)  # the decoder predicts symlog(obs)
-        title = f"DreamerV3 {self.config.env}: real vs imagined, seed {self.config.seed}"
-        plot_imagined_vs_real(truth.cpu(), imagined.cpu(), out_dir / "imagined_vs_real.png",
-                              context=context, title=title)
-        if self.config.pixels:
-            write_video(torch.cat([truth.cpu(), imagined.cpu().clamp(0, 1)], -1),
-                        out_dir / "imagined_vs_real.gif")
+    def diagnose(self, env, out_dir, seed: int) -> dict:
+        """Real vs imagined observations on a fresh episode (5 filtered steps, then 30 imagined
+        open loop with the real actions): curves, or frames and a GIF for pixels."""
+        write_latent_diagnostics(
+            env, self.policy(explore=True), self.world_model, self.models["prior"],
+            self.models["decoder"], self.obs_key, out_dir, seed, device=self.device,
+            title=f"DreamerV3 {self.config.env}: real vs imagined, seed {self.config.seed}",
+            decode=None if self.config.pixels else symexp,  # the decoder predicts symlog(obs)
+            video=self.config.pixels)
         return {}
 
 

@@ -11,7 +11,11 @@ models, :func:`plot_belief_vs_real`.
 """
 
 from reverie.diagnostics.belief import plot_belief_vs_real
-from reverie.diagnostics.latent_imagination import imagine_open_loop, plot_imagined_vs_real
+from reverie.diagnostics.latent_imagination import (
+    imagine_open_loop,
+    plot_imagined_vs_real,
+    write_latent_diagnostics,
+)
 from reverie.diagnostics.open_loop import (
     OpenLoopResult,
     decoded_observation,
@@ -36,5 +40,6 @@ __all__ = [
     "prediction_errors",
     "run_diagnostics",
     "write_error_table",
+    "write_latent_diagnostics",
     "write_video",
 ]

@@ -9,7 +9,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor, nn
 
-__all__ = ["imagine_open_loop", "plot_imagined_vs_real"]
+__all__ = ["imagine_open_loop", "plot_imagined_vs_real", "write_latent_diagnostics"]
 
 
 @torch.no_grad()
@@ -82,3 +82,43 @@ def plot_imagined_vs_real(truth: Tensor, imagined: Tensor, path: str | os.PathLi
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+@torch.no_grad()
+def write_latent_diagnostics(env, policy, world_model: TensorDictModuleBase, prior: nn.Module,
+                             decoder: nn.Module, obs_key: str, out_dir: str | os.PathLike,
+                             seed: int, title: str, context: int = 5, horizon: int = 30,
+                             device: torch.device | str = "cpu", decode=None,
+                             video: bool = False) -> bool:
+    """Real vs imagined observations of an RSSM world model on a fresh episode.
+
+    Seeds ``env``, runs ``policy`` (sampling) for ``context + horizon`` steps, filters the
+    first ``context`` with the world model and imagines the rest open loop with the real
+    actions (:func:`imagine_open_loop`); writes ``imagined_vs_real.png`` (frames or curves)
+    and, with ``video``, ``imagined_vs_real.gif`` (real | imagined side by side) into
+    ``out_dir``. ``decode`` maps the decoder's output to observations (e.g. ``symexp`` for a
+    decoder that predicts ``symlog(obs)``). Returns ``False`` (and writes nothing) when the
+    episode ends within ``context`` steps.
+    """
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    from reverie.diagnostics.video import write_video
+
+    env.set_seed(seed)
+    with set_exploration_type(ExplorationType.RANDOM):
+        real = env.rollout(context + horizon, policy, break_when_any_done=False,
+                           auto_cast_to_device=True)
+    if real.shape[0] <= context:
+        return False
+    truth, imagined = imagine_open_loop(world_model, prior, decoder, real.to(device), context,
+                                        obs_key)
+    if decode is not None:
+        imagined = decode(imagined)
+    truth, imagined = truth.cpu(), imagined.cpu()
+    out_dir = os.fspath(out_dir)
+    plot_imagined_vs_real(truth, imagined, os.path.join(out_dir, "imagined_vs_real.png"),
+                          context=context, title=title)
+    if video:
+        write_video(torch.cat([truth, imagined.clamp(0, 1)], -1),
+                    os.path.join(out_dir, "imagined_vs_real.gif"))
+    return True

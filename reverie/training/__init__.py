@@ -10,7 +10,7 @@
 - :func:`resolve_device`, :func:`derive_seed`.
 """
 
-from .agent import Agent, Schedule
+from .agent import Agent, CountsUpdates, Schedule
 from .buffer import (
     buffer_state_dict,
     check_buffer_memory,
@@ -26,6 +26,7 @@ from .seeding import derive_seed
 
 __all__ = [
     "Agent",
+    "CountsUpdates",
     "Schedule",
     "train",
     "LoopState",

@@ -27,7 +27,7 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.data import ReplayBuffer
 
-__all__ = ["Agent", "Schedule"]
+__all__ = ["Agent", "CountsUpdates", "Schedule"]
 
 
 @dataclass(frozen=True)
@@ -194,3 +194,29 @@ class Agent(nn.Module, abc.ABC):
     def act(self, tensordict: TensorDictBase, explore: bool = False) -> TensorDictBase:
         """Write ``action`` into ``tensordict`` (batch (*E,)) with :meth:`policy`."""
         return self.policy(explore)(tensordict.to(self.device))
+
+
+class CountsUpdates:
+    """Mixin for agents that count their gradient updates in ``self.updates`` (set it to 0 in
+    ``__init__``): the count goes into the summary and the checkpoint.
+
+    Examples:
+        >>> class Counting(CountsUpdates):
+        ...     updates = 3
+        >>> agent = Counting()
+        >>> agent.counters(), agent.extra_state()
+        ({'updates': 3}, {'updates': 3})
+        >>> agent.load_extra_state({"updates": 7}); agent.updates
+        7
+    """
+
+    updates: int
+
+    def counters(self) -> dict[str, Any]:
+        return {"updates": self.updates}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"updates": self.updates}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
