@@ -119,7 +119,7 @@ def real_batch(B=4, T=5):
 
 def model_loss(world_model, **kwargs):
     loss = DreamerModelLoss(world_model, **kwargs)
-    loss.set_keys(pixels=("next", "observation"), reco_pixels=("next", "reco_observation"))
+    loss.set_keys(observation=("next", "observation"), reconstruction=("next", "reco_observation"))
     return loss
 
 
@@ -238,3 +238,20 @@ def test_dreamer_env_runs_in_a_torchrl_collector():
     assert batch["next", "reward"].shape == (10, 1) and batch["next", "state"].shape == (10, S)
     assert (batch["state"][0] == 0).all()  # collectors reset to the zero latent
     torch.testing.assert_close(batch["state"][1:], batch["next", "state"][:-1])
+
+
+def test_model_loss_keys_are_named_for_what_they_hold():
+    """The reconstruction keys are ``observation``/``reconstruction``; TorchRL's
+    ``pixels``/``reco_pixels`` still set them, with a DeprecationWarning."""
+    world_model, *_ = make_parts()
+    loss = DreamerModelLoss(world_model)
+    assert loss.tensor_keys.observation == ("next", "pixels")
+    with pytest.warns(DeprecationWarning, match="'observation'"):
+        loss.set_keys(pixels=("next", "observation"), reco_pixels=("next", "reco_observation"))
+    assert loss.tensor_keys.observation == ("next", "observation")
+    assert loss.tensor_keys.reconstruction == ("next", "reco_observation")
+    batch = real_batch()
+    torch.manual_seed(0)
+    old_names = loss(batch)[0]["loss_model_reco"]
+    torch.manual_seed(0)
+    torch.testing.assert_close(old_names, model_loss(world_model)(batch)[0]["loss_model_reco"])

@@ -21,7 +21,7 @@ def test_world_model_losses_fall_on_pendulum_data():
     data = env.rollout(400, break_when_any_done=False)
     models = dreamer.make_models(config, env)
     loss = dreamer.DreamerModelLoss(models["world_model"], free_nats=0.0)
-    loss.set_keys(pixels=("next", "observation"), reco_pixels=("next", "reco_observation"))
+    loss.set_keys(observation=("next", "observation"), reconstruction=("next", "reco_observation"))
     optim = torch.optim.Adam(models["world_model"].parameters(), lr=3e-3)
 
     def sample():
@@ -119,8 +119,20 @@ def test_dreamer_policy_filters_like_the_rssm_and_resets():
             torch.testing.assert_close(a, rollout["action"][t])
     policy.reset()
     assert policy.latent is None
+    # the world model's filter is the policy's filtering (most likely latents here)
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        latents = models["latent_model"].filter(rollout)
+        s, h, a = torch.zeros(4), torch.zeros(16), torch.zeros(1)
+        for t in range(6):
+            h = prior.mode(s, h, a)[1]
+            s = post.mode(h, enc(rollout["observation"][t]))
+            a = rollout["action"][t]
+            torch.testing.assert_close(latents["state"][t], s)
+            torch.testing.assert_close(latents["belief"][t], h)
     with pytest.raises(ValueError, match="context"):
-        imagine_open_loop(models["world_model"], prior, models["decoder"], rollout, 6)
+        imagine_open_loop(models["latent_model"], rollout, 6)
 
 
 def test_pixel_world_model_shapes_follow_cnn_channels():

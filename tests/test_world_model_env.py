@@ -423,19 +423,6 @@ def test_fast_random_actions_are_the_action_specs_own_draws(spec, shape):
         assert torch.equal(e, g)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-@pytest.mark.parametrize("shape", [(1,), (64,), (4096,)])
-def test_fast_random_actions_of_all_steps_in_one_draw(dtype, shape):
-    """One (n, *shape) draw = n successive draws, and the generator ends in the same state."""
-    spec = Bounded(-3.3, 1.1, (6,), dtype=dtype)
-    torch.manual_seed(7)
-    expected = torch.stack([spec.rand(torch.Size(shape)) for _ in range(15)])
-    after_expected = torch.rand(3)
-    torch.manual_seed(7)
-    got = _sampler(spec).steps(15, torch.Size(shape))
-    assert torch.equal(got, expected) and torch.equal(torch.rand(3), after_expected)
-
-
 def test_fast_random_actions_follow_bounds_changed_after_the_first_draw():
     spec = Bounded(-1.0, 1.0, (4,))
     sample = _sampler(spec)

@@ -57,7 +57,7 @@ from torchrl.modules import ProbabilisticActor, TanhNormal
 
 from reverie import training
 from reverie.diagnostics import write_latent_diagnostics
-from reverie.envs import DreamerEnv
+from reverie.envs import WorldModelEnv
 from reverie.envs.image import ResizeImage
 from reverie.modules import (
     DreamerActor,
@@ -67,6 +67,7 @@ from reverie.modules import (
     RSSMPosterior,
     RSSMPrior,
     RSSMRollout,
+    RSSMWorldModel,
     mlp,
 )
 from reverie.objectives import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
@@ -147,7 +148,10 @@ def make_env(config: Config):
 
 # ----------------------------------------------------------------------------- model
 def make_models(config: Config, env, device: torch.device | str = "cpu") -> dict[str, TensorDictModuleBase]:
-    """World model (encoder, RSSM, decoder, reward), imagination env, actor and value."""
+    """World model (encoder, RSSM, decoder, reward) as the training sequence model and as
+    an :class:`~reverie.modules.RSSMWorldModel` (``latent_model``, the same modules) that
+    the imagination env (:class:`~reverie.envs.WorldModelEnv`) and the diagnostics use;
+    actor and value."""
     obs_key = "pixels" if config.pixels else "observation"
     S, R, H = config.state_dim, config.belief_dim, config.hidden
     action_spec = env.action_spec
@@ -172,13 +176,9 @@ def make_models(config: Config, env, device: torch.device | str = "cpu") -> dict
         TensorDictModule(encoder, nxt(obs_key), nxt("embedding")), rssm,
         TensorDictModule(decoder, nxt("state", "belief"), nxt("reco_" + obs_key)),
         TensorDictModule(reward, nxt("state", "belief"), nxt("reward")))
-    imagination = DreamerEnv(
-        TensorDictSequential(
-            TensorDictModule(prior, ["state", "belief", "action"],
-                             ["prior_mean", "prior_std", "state", "belief"]),
-            TensorDictModule(reward, ["state", "belief"], ["reward"])),
-        (S,), (R,), obs_decoder=TensorDictModule(decoder, ["state", "belief"], ["reco_" + obs_key]),
-        action_spec=action_spec, device=device)
+    latent_model = RSSMWorldModel(encoder, prior, posterior, reward, decoder=decoder,
+                                  obs_key=obs_key)
+    imagination = WorldModelEnv(latent_model, action_spec=action_spec, device=device)
     actor = ProbabilisticActor(
         TensorDictModule(DreamerActor(action_spec.shape[-1], num_cells=config.actor_hidden,
                                       in_features=S + R), ["state", "belief"], ["loc", "scale"]),
@@ -191,7 +191,8 @@ def make_models(config: Config, env, device: torch.device | str = "cpu") -> dict
                              ["state", "belief"], ["state_value"])
     for module in (world_model, actor, value):
         module.to(device)
-    return {"world_model": world_model, "imagination": imagination, "actor": actor,
+    return {"world_model": world_model, "latent_model": latent_model,
+            "imagination": imagination, "actor": actor,
             "value": value, "encoder": encoder, "prior": prior, "posterior": posterior,
             "decoder": decoder}
 
@@ -232,7 +233,8 @@ class DreamerAgent(CountsUpdates, Agent):
         self.models = make_models(config, env, device)  # a plain dict: modules are shared
         self.world_model, self.actor, self.value = (self.models[k] for k in ("world_model", "actor", "value"))
         model_loss = DreamerModelLoss(self.world_model, free_nats=config.free_nats)
-        model_loss.set_keys(pixels=("next", self.obs_key), reco_pixels=("next", "reco_" + self.obs_key))
+        model_loss.set_keys(observation=("next", self.obs_key),
+                            reconstruction=("next", "reco_" + self.obs_key))
         # losses and policies share the modules' parameters: kept out of the state_dict
         self.losses = {"model": model_loss, "value": DreamerValueLoss(self.value, gamma=config.gamma),
                        "actor": DreamerActorLoss(
@@ -294,8 +296,8 @@ class DreamerAgent(CountsUpdates, Agent):
         """Real vs imagined observations on a fresh episode (5 filtered steps, then 30 imagined
         open loop with the real actions and decoded)."""
         write_latent_diagnostics(
-            env, self.policy(explore=True), self.world_model, self.models["prior"],
-            self.models["decoder"], self.obs_key, out_dir, seed, device=self.device,
+            env, self.policy(explore=True), self.models["latent_model"], self.obs_key, out_dir,
+            seed, device=self.device,
             title=f"Dreamer {self.config.env}: real vs imagined, seed {self.config.seed}")
         return {}
 

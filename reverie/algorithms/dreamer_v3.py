@@ -76,7 +76,7 @@ from torchrl.modules import OneHotCategorical, ProbabilisticActor
 
 from reverie import training
 from reverie.diagnostics import write_latent_diagnostics
-from reverie.envs import DreamerEnv
+from reverie.envs import WorldModelEnv
 from reverie.envs.image import ResizeImage
 from reverie.modules import (
     ClippedNormal,
@@ -89,6 +89,7 @@ from reverie.modules import (
     RSSMPosteriorV3,
     RSSMPriorV3,
     RSSMRolloutV3,
+    RSSMWorldModel,
     SymExpTwoHot,
 )
 from reverie.objectives import (
@@ -263,6 +264,17 @@ class _TwoHotMean(nn.Module):
         return two_hot_mean(self.head(state, belief))
 
 
+class _Symexp(nn.Module):
+    """A symlog decoder's prediction in observation units: ``symexp(decoder(state, belief))``."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, state: torch.Tensor, belief: torch.Tensor) -> torch.Tensor:
+        return symexp(self.decoder(state, belief))
+
+
 def make_models(config: Config, env, device: torch.device | str = "cpu") -> dict[str, nn.Module]:
     """World model (encoder, RSSM, decoder, reward and continue heads), imagination env,
     actor, critic and slow critic."""
@@ -293,12 +305,11 @@ def make_models(config: Config, env, device: torch.device | str = "cpu") -> dict
         TensorDictModule(decoder, nxt("state", "belief"), nxt("reco_" + obs_key)),
         TensorDictModule(reward, nxt("state", "belief"), nxt("reward_logits")),
         TensorDictModule(cont, nxt("state", "belief"), nxt("cont_logit")))
-    imagination = DreamerEnv(
-        TensorDictSequential(
-            TensorDictModule(prior, ["state", "belief", "action"], ["prior_logits", "state", "belief"]),
-            TensorDictModule(_TwoHotMean(reward), ["state", "belief"], ["reward"])),
-        (S,), (D,), obs_decoder=TensorDictModule(decoder, ["state", "belief"], ["reco_" + obs_key]),
-        action_spec=action_spec, device=device)
+    latent_model = RSSMWorldModel(
+        encoder, prior, posterior, _TwoHotMean(reward),
+        decoder=decoder if config.pixels else _Symexp(decoder),  # observation units
+        obs_key=obs_key)
+    imagination = WorldModelEnv(latent_model, action_spec=action_spec, device=device)
     if isinstance(action_spec, OneHot):
         head = TensorDictModule(_Latent(DreamerV3DiscreteActor(S + D, A, H, L, unimix=config.unimix)),
                                 ["state", "belief"], ["logits"])
@@ -316,7 +327,8 @@ def make_models(config: Config, env, device: torch.device | str = "cpu") -> dict
     cont_model = TensorDictModule(cont, ["state", "belief"], ["cont_logit"])
     for module in (world_model, actor, critic, slow_critic):
         module.to(device)
-    return {"world_model": world_model, "imagination": imagination, "actor": actor,
+    return {"world_model": world_model, "latent_model": latent_model,
+            "imagination": imagination, "actor": actor,
             "critic": critic, "slow_critic": slow_critic, "cont": cont_model, "encoder": encoder,
             "prior": prior, "posterior": posterior, "decoder": decoder}
 
@@ -434,10 +446,9 @@ class DreamerV3Agent(CountsUpdates, Agent):
         """Real vs imagined observations on a fresh episode (5 filtered steps, then 30 imagined
         open loop with the real actions): curves, or frames and a GIF for pixels."""
         write_latent_diagnostics(
-            env, self.policy(explore=True), self.world_model, self.models["prior"],
-            self.models["decoder"], self.obs_key, out_dir, seed, device=self.device,
+            env, self.policy(explore=True), self.models["latent_model"], self.obs_key, out_dir,
+            seed, device=self.device,
             title=f"DreamerV3 {self.config.env}: real vs imagined, seed {self.config.seed}",
-            decode=None if self.config.pixels else symexp,  # the decoder predicts symlog(obs)
             video=self.config.pixels)
         return {}
 

@@ -1,4 +1,5 @@
-"""Imagined vs real observations for RSSM world models (Dreamer): open loop, decoded."""
+"""Imagined vs real observations of a world model (any family: Dreamer's RSSMs included),
+open loop and decoded."""
 
 from __future__ import annotations
 
@@ -6,45 +7,58 @@ import os
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModuleBase
-from torch import Tensor, nn
+from tensordict.utils import NestedKey
+from torch import Tensor
 
 __all__ = ["imagine_open_loop", "plot_imagined_vs_real", "write_latent_diagnostics"]
 
 
 @torch.no_grad()
-def imagine_open_loop(world_model: TensorDictModuleBase, prior: nn.Module, decoder: nn.Module,
-                      real: TensorDictBase, context: int,
-                      obs_key: str = "observation") -> tuple[Tensor, Tensor]:
-    """Filter ``context`` real steps, then predict the rest of ``real`` open loop.
+def imagine_open_loop(world_model, real: TensorDictBase, context: int,
+                      obs_key: NestedKey = "observation") -> tuple[Tensor, Tensor]:
+    """Start from the real latent at step ``context``, then predict the rest of ``real``
+    open loop with the real actions, decoded.
 
-    The world model (encoder + :class:`~reverie.modules.RSSMRollout` or
-    :class:`~reverie.modules.RSSMRolloutV3`) filters ``real[:context]``; from its last
-    posterior latent the prior's most likely step (``prior.mode``: the Gaussian mean for
-    Dreamer, the most likely class of every categorical for DreamerV3) is rolled forward with
-    the real actions ``real["action"][context:]`` and decoded.
+    Works for any :class:`~reverie.modules.WorldModel` (one interface for every family):
+    the start latent is ``world_model.filter(real[:context + 1])[-1]`` when the model
+    filters sequences (:class:`~reverie.modules.RSSMWorldModel`: it has seen
+    ``o_0..o_context``), else ``world_model.encode(real[context])``. From there
+    ``world_model.step`` runs with ``a_context, a_context+1, ...``, only the
+    ``world_model.latent_keys`` are carried from step to step, and every predicted latent
+    is decoded with ``world_model.decode``. Under a deterministic exploration type: the
+    most likely latent at every step (an RSSM's prior mean or argmax).
 
     Args:
-        world_model: writes ``("next", "state")``/``("next", "belief")`` for a ``[T]`` episode.
-        prior: a prior with ``mode(state, belief, action) -> (state, belief)``
-            (:class:`~reverie.modules.RSSMPrior`, :class:`~reverie.modules.RSSMPriorV3`).
-        decoder: ``(state, belief) -> observation``.
-        real: one real episode ``[T]`` with ``action`` and ``("next", obs_key)``.
-        context: filtered steps (``0 < context < T``).
+        world_model: a world model with a decoder.
+        real: one real episode ``[T]`` with ``obs_key``, ``action`` and ``("next", obs_key)``.
+        context: steps before the start (``0 <= context < T``).
         obs_key: the observation key.
 
     Returns:
-        ``(truth, imagined)``, each ``(T - context, *obs)``.
+        ``(truth, imagined)``, each ``(T - context, *obs)``: ``real["next", obs_key][context:]``
+        and the decoded predictions of the same observations.
     """
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
     T = real.shape[0]
-    if not 0 < context < T:
-        raise ValueError(f"imagine_open_loop: context={context} must be in (0, {T}).")
-    filtered = world_model(real[:context].clone()).get("next")
-    state, belief = filtered["state"][-1], filtered["belief"][-1]
-    imagined = []
-    for t in range(context, T):
-        state, belief = prior.mode(state, belief, real["action"][t])
-        imagined.append(decoder(state, belief))
+    if not 0 <= context < T:
+        raise ValueError(f"imagine_open_loop: context={context} must be in [0, {T}).")
+    if world_model.decoder is None:
+        raise RuntimeError("imagine_open_loop needs a world model with a decoder.")
+    keys = world_model.latent_keys
+    decoded_key = world_model.decoder.out_keys[0]
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        if hasattr(world_model, "filter"):
+            td = world_model.filter(real[: context + 1].exclude("next"))[-1]
+        else:
+            td = world_model.encode(real[context].exclude("next").clone())
+        td = td.select(*keys)
+        imagined = []
+        for t in range(context, T):
+            td.set("action", real["action"][t])
+            td = world_model.step(td)
+            td = td.get("next").select(*keys)
+            imagined.append(world_model.decode(td.copy()).get(decoded_key))
     return real["next", obs_key][context:], torch.stack(imagined)
 
 
@@ -85,20 +99,18 @@ def plot_imagined_vs_real(truth: Tensor, imagined: Tensor, path: str | os.PathLi
 
 
 @torch.no_grad()
-def write_latent_diagnostics(env, policy, world_model: TensorDictModuleBase, prior: nn.Module,
-                             decoder: nn.Module, obs_key: str, out_dir: str | os.PathLike,
-                             seed: int, title: str, context: int = 5, horizon: int = 30,
-                             device: torch.device | str = "cpu", decode=None,
+def write_latent_diagnostics(env, policy, world_model, obs_key: NestedKey,
+                             out_dir: str | os.PathLike, seed: int, title: str, context: int = 5,
+                             horizon: int = 30, device: torch.device | str = "cpu",
                              video: bool = False) -> bool:
-    """Real vs imagined observations of an RSSM world model on a fresh episode.
+    """Real vs imagined observations of a world model on a fresh episode.
 
-    Seeds ``env``, runs ``policy`` (sampling) for ``context + horizon`` steps, filters the
-    first ``context`` with the world model and imagines the rest open loop with the real
-    actions (:func:`imagine_open_loop`); writes ``imagined_vs_real.png`` (frames or curves)
-    and, with ``video``, ``imagined_vs_real.gif`` (real | imagined side by side) into
-    ``out_dir``. ``decode`` maps the decoder's output to observations (e.g. ``symexp`` for a
-    decoder that predicts ``symlog(obs)``). Returns ``False`` (and writes nothing) when the
-    episode ends within ``context`` steps.
+    Seeds ``env``, runs ``policy`` (sampling) for ``context + horizon`` steps, and predicts
+    the last ``horizon`` observations open loop from the latent at step ``context`` with
+    the real actions (:func:`imagine_open_loop`); writes ``imagined_vs_real.png`` (frames
+    or curves) and, with ``video``, ``imagined_vs_real.gif`` (real | imagined side by side)
+    into ``out_dir``. Returns ``False`` (and writes nothing) when the episode ends within
+    ``context`` steps.
     """
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
@@ -110,11 +122,8 @@ def write_latent_diagnostics(env, policy, world_model: TensorDictModuleBase, pri
                            auto_cast_to_device=True)
     if real.shape[0] <= context:
         return False
-    truth, imagined = imagine_open_loop(world_model, prior, decoder, real.to(device), context,
-                                        obs_key)
-    if decode is not None:
-        imagined = decode(imagined)
-    truth, imagined = truth.cpu(), imagined.cpu()
+    truth, imagined = imagine_open_loop(world_model, real.to(device), context, obs_key)
+    truth, imagined = truth.cpu(), imagined.float().cpu()
     out_dir = os.fspath(out_dir)
     plot_imagined_vs_real(truth, imagined, os.path.join(out_dir, "imagined_vs_real.png"),
                           context=context, title=title)

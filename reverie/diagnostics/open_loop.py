@@ -181,7 +181,7 @@ def _get(td: TensorDictBase, key: NestedKey, where: str) -> torch.Tensor:
 
 
 def decoded_observation(
-    world_model, key: NestedKey = "reconstructed_observation"
+    world_model, key: NestedKey | None = None
 ) -> Callable[[TensorDictBase], torch.Tensor]:
     """A ``predicted_observation`` callable that decodes the predicted latent.
 
@@ -191,7 +191,8 @@ def decoded_observation(
 
     Args:
         world_model: a :class:`~reverie.modules.WorldModel` with a decoder.
-        key: the key the decoder writes, e.g. ``"reconstructed_observation"``.
+        key: the key the decoder writes, e.g. ``"reconstructed_observation"``. Default:
+            the decoder's (last) out key.
 
     Examples:
         >>> import torch
@@ -208,6 +209,11 @@ def decoded_observation(
         >>> decode(TensorDict({"latent": torch.zeros(5, 4)}, batch_size=[5])).shape
         torch.Size([5, 3])
     """
+    if key is None:
+        if getattr(world_model, "decoder", None) is None:
+            raise RuntimeError("decoded_observation: the world model has no decoder; give it "
+                               "one (decoder=...) or pass key= for a decoder of your own.")
+        key = world_model.decoder.out_keys[-1]
     key = unravel_key(key)
 
     def predicted_observation(latent_td: TensorDictBase) -> torch.Tensor:

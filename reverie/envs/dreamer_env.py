@@ -33,6 +33,11 @@ class DreamerEnv(ModelBasedEnvBase):
     real data); with no tensordict (collectors) or one holding neither, it starts from the
     RSSM's initial latent, zeros. A tensordict holding only one of them is an error.
 
+    This is the spec's (and TorchRL's) interface, for a hand-assembled world model that
+    writes root keys. Reverie's own Dreamer recipes imagine with the shared
+    :class:`~reverie.envs.WorldModelEnv` over an :class:`~reverie.modules.RSSMWorldModel`
+    (latent keys ``state``/``belief``), which also gives them the shared diagnostics.
+
     Args:
         world_model: the transition + reward module.
         prior_shape: shape of ``state`` (e.g. ``(30,)``).

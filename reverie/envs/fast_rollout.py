@@ -209,14 +209,8 @@ def _lean_loop(env, plan: _Plan, values: dict, max_steps: int, batch_size, actio
     """
     policy_calls, samplers, step_calls = plan.policy_calls, plan.samplers, plan.step_calls
     obs_moves = plan.obs_moves_lean
-    drawn = None
-    if samplers is not None:
-        # every step is taken: random actions of all steps can be drawn at once
-        steps = [getattr(sample, "steps", None) for _, sample in samplers]
-        if len(samplers) == 1 and steps[0] is not None:
-            drawn = steps[0](max_steps, action_shape)
-        if drawn is not None:
-            drawn, action_key = drawn.unbind(0), samplers[0][0]
+    # random actions are drawn step by step, between the model's calls: a stochastic
+    # model (an RSSM prior, an ensemble's sampling) draws from the same generator
     # one dict per step: the root at t (after step_mdp and the policy) plus the model's
     # "next" outputs; it starts as a copy of the previous step's dict, whose "next"
     # entries are all rewritten by the model before anything reads them
@@ -232,9 +226,7 @@ def _lean_loop(env, plan: _Plan, values: dict, max_steps: int, batch_size, actio
             except KeyError:  # finalize_step raises the error that names the key
                 env.finalize_step({k: work.get(nk) for k, nk in plan.next_reads}, batch_size)
                 raise
-        if drawn is not None:
-            work[action_key] = drawn[t]
-        elif samplers is not None:
+        if samplers is not None:
             for key, sample in samplers:
                 work[key] = sample(action_shape)
         _run(calls, work)
@@ -331,7 +323,8 @@ def _plan(env, policy, start_keys: frozenset) -> _Plan | None:
     component objects themselves, so a reassigned head gets a new plan.
     """
     world_model = env.full_world_model
-    components = tuple(getattr(world_model, name) for name in _STEP_ORDER)
+    components = tuple(getattr(world_model, name) for name in _STEP_ORDER) + (
+        getattr(world_model, "decode_on_step", True),)
     key = ("reverie_fast_plan", policy, components, start_keys)
     plan = env._cache.get(key, False)
     if plan is not False:
@@ -411,17 +404,11 @@ class _BoundedSampler:
     are replaced or edited in place), and the clamp is skipped when even a draw of 1
     lands within ``high``: rounding is monotonic, so no draw in ``[0, 1)`` can then
     leave the box.
-
-    :meth:`steps` draws ``n`` steps' actions in one call. On the CPU the generator fills
-    a tensor element after element, so one ``(n, *shape)`` draw holds the numbers of
-    ``n`` successive ``(*shape)`` draws and leaves the generator in the same state (a
-    test checks it); other devices draw step by step.
     """
 
     def __init__(self, spec) -> None:
         self.spec = spec
         self.dtype, self.device, self.shape = spec.dtype, spec.device, spec.shape
-        self.batched = self.device is not None and torch.device(self.device).type == "cpu"
         self._state: tuple = ()
 
     def _bounds(self) -> tuple:
@@ -439,10 +426,6 @@ class _BoundedSampler:
 
     def __call__(self, shape: torch.Size) -> torch.Tensor:
         return self._draw((*shape, *self.shape))
-
-    def steps(self, n: int, shape: torch.Size) -> torch.Tensor | None:
-        """``n`` successive draws of ``self(shape)`` stacked along a new first dim (CPU only)."""
-        return self._draw((n, *shape, *self.shape)) if self.batched else None
 
     def _draw(self, size: tuple) -> torch.Tensor:
         low, high, span, clamp = self._bounds()

@@ -47,9 +47,13 @@ class WorldModelEnv(ModelBasedEnvBase):
     """Imagination environment that steps a :class:`~reverie.modules.WorldModel` in latent space.
 
     The env drives ``world_model.step_module`` (dynamics + heads, never the encoder). Its
-    state is the latent under ``latent_key``: it is always part of the observation spec,
-    so the latent advances at every step whatever other observation keys are declared.
-    Policies read the latent (or decoded observations, when the model writes them).
+    state is the latent under ``latent_key`` (one key, or a list of keys for a latent made
+    of several entries, e.g. an RSSM's ``["state", "belief"]``): it is always part of the
+    observation spec, so the latent advances at every step whatever other observation
+    keys are declared. Policies read the latent (or decoded observations, when the model
+    writes them). Any model family with the :class:`~reverie.modules.WorldModel`
+    interface imagines here: ``WorldModelEnv(RSSMWorldModel(...), latent_key=["state",
+    "belief"], action_spec=...)`` is Dreamer's imagination env.
 
     Specs come from a reference ``base_env`` (read, never stepped) or are given
     explicitly (``observation_spec``, ``action_spec``, ``reward_spec``, ``done_spec``).
@@ -82,12 +86,16 @@ class WorldModelEnv(ModelBasedEnvBase):
         action_spec, reward_spec, done_spec: explicit specs, required without
             ``base_env``. ``reward_spec`` defaults to ``Unbounded((1,))`` and ``done_spec``
             to bool ``done``/``terminated`` flags of shape ``(1,)``.
-        latent_spec: spec of the latent; by default it is inferred by encoding a zero
-            observation (``world_model.encode(observation_spec.zero())``).
+        latent_spec: spec of the latent (a :class:`Composite` of every latent key when
+            there are several); by default the world model's ``latent_spec`` when it has
+            one (:class:`~reverie.modules.RSSMWorldModel`), else inferred by encoding a
+            zero observation (``world_model.encode(observation_spec.zero())``).
         batch_size: env batch size. Default: ``base_env.batch_size`` or ``[]``; the env is
             not batch-locked, so an unbatched env accepts any batch of latents.
         device: device of the env. Default: ``base_env.device`` or the model's device.
-        latent_key: key of the latent state. Default ``"latent"``.
+        latent_key: key of the latent state, or a list of keys (``["state", "belief"]``).
+            Default: ``world_model.latent_keys`` (the encoder's outputs that the dynamics
+            read), ``"latent"`` when the model does not say.
         done_logits: read float done outputs as logits instead of probabilities.
 
     Raises:
@@ -127,7 +135,7 @@ class WorldModelEnv(ModelBasedEnvBase):
         latent_spec: TensorSpec | None = None,
         batch_size: int | Sequence[int] | torch.Size | None = None,
         device: torch.device | str | None = None,
-        latent_key: NestedKey = "latent",
+        latent_key: NestedKey | list[NestedKey] | None = None,
         done_logits: bool = False,
     ) -> None:
         if base_env is None and action_spec is None:
@@ -154,7 +162,14 @@ class WorldModelEnv(ModelBasedEnvBase):
             allow_done_after_reset=True,
         )
         object.__setattr__(self, "_full_world_model", world_model)
-        self.latent_key = unravel_key(latent_key)
+        if latent_key is None:
+            latent_key = list(getattr(world_model, "latent_keys", None) or ["latent"])
+        keys = latent_key if isinstance(latent_key, list) else [latent_key]
+        if not keys:
+            raise ValueError("WorldModelEnv: latent_key=[] names no latent; give at least one key.")
+        #: every key of the latent state; :attr:`latent_key` is the first
+        self.latent_keys = [unravel_key(k) for k in keys]
+        self.latent_key = self.latent_keys[0]
         self.done_logits = bool(done_logits)
         self.fast_rollout = True
 
@@ -180,10 +195,23 @@ class WorldModelEnv(ModelBasedEnvBase):
             observation_spec = observation_spec[(0,) * len(batch_size)]
 
         # ---- the latent is always observed: it is the env's state
-        if self.latent_key not in observation_spec.keys(True, True):
+        present = set(observation_spec.keys(True, True))
+        missing = [k for k in self.latent_keys if k not in present]
+        if missing:
             if latent_spec is None:
-                latent_spec = self._infer_latent_spec(world_model, observation_spec)
-            observation_spec[self.latent_key] = latent_spec.clone()
+                latent_spec = getattr(world_model, "latent_spec", None)
+            if latent_spec is None:
+                latent_spec = self._infer_latent_spec(world_model, observation_spec,
+                                                      self.latent_keys)
+            elif len(self.latent_keys) == 1 and not isinstance(latent_spec, Composite):
+                latent_spec = Composite({self.latent_keys[0]: latent_spec})
+            for key in missing:
+                if key not in latent_spec.keys(True, True):
+                    raise ValueError(
+                        f"WorldModelEnv: latent_spec has no entry for the latent key {key!r}; "
+                        f"it holds {sorted(map(str, latent_spec.keys(True, True)))}. Give a "
+                        "Composite with every latent key.")
+                observation_spec[key] = latent_spec[key].clone()
 
         # ---- keep only observations the model writes (error for explicit ones)
         written = {unravel_key(k)[1:] for k in world_model.step_module.out_keys
@@ -191,7 +219,7 @@ class WorldModelEnv(ModelBasedEnvBase):
         written = {k[0] if len(k) == 1 else k for k in written}
         self._unmodelled_keys: list[NestedKey] = []
         for key in list(observation_spec.keys(True, True)):
-            if key == self.latent_key or key in written:
+            if key in self.latent_keys or key in written:
                 continue
             if user_obs:
                 raise ValueError(
@@ -218,7 +246,8 @@ class WorldModelEnv(ModelBasedEnvBase):
         self.done_spec = to_spec(_batched(done_spec, batch_size, "done_spec"))
 
     @staticmethod
-    def _infer_latent_spec(world_model, observation_spec: Composite) -> TensorSpec:
+    def _infer_latent_spec(world_model, observation_spec: Composite,
+                           latent_keys: list[NestedKey]) -> Composite:
         encoder_keys = [unravel_key(k) for k in world_model.encoder.in_keys]
         obs_keys = set(observation_spec.keys(True, True))
         if not encoder_keys or any(k not in obs_keys for k in encoder_keys):
@@ -229,11 +258,16 @@ class WorldModelEnv(ModelBasedEnvBase):
             )
         with torch.no_grad():
             probe = world_model.encode(observation_spec.zero())
-        latent_key = None
-        for key in world_model.encoder.out_keys:
-            latent_key = unravel_key(key)
-        value = probe.get(latent_key)
-        return Unbounded(value.shape, dtype=value.dtype, device=value.device)
+        specs = Composite()
+        for key in latent_keys:
+            value = probe.get(key, None)
+            if value is None:
+                raise ValueError(
+                    f"WorldModelEnv: the encoder wrote no latent {key!r} (it wrote "
+                    f"{sorted(map(str, probe.keys(True, True)))}). Name the latent with "
+                    "latent_key=... or pass latent_spec.")
+            specs[key] = Unbounded(value.shape, dtype=value.dtype, device=value.device)
+        return specs
 
     @property
     def full_world_model(self):
@@ -377,9 +411,11 @@ class WorldModelEnv(ModelBasedEnvBase):
         return self._complete_start(tensordict)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        if tensordict is None or tensordict.get(self.latent_key, None) is None:
+        absent = [k for k in self.latent_keys
+                  if tensordict is None or tensordict.get(k, None) is None]
+        if absent:
             raise RuntimeError(
-                f"WorldModelEnv.reset needs the initial latent under {self.latent_key!r} in the "
+                f"WorldModelEnv.reset needs the initial latent under {absent[0]!r} in the "
                 "tensordict. Typical usage: `start = world_model.encode(obs_td)` on real "
                 "observations, then `env.reset(start)` or `env.rollout(H, policy, tensordict=start)`."
             )
@@ -402,7 +438,7 @@ class WorldModelEnv(ModelBasedEnvBase):
         if next_td is None:
             raise KeyError(
                 "WorldModelEnv: the world model wrote nothing under 'next'; its dynamics must "
-                f"write ('next', {self.latent_key!r})."
+                f"write {[('next', *((k,) if isinstance(k, str) else k)) for k in self.latent_keys]}."
             )
         values = {key: next_td.get(key, None) for key in self._step_keys()}
         return TensorDict(

@@ -17,6 +17,7 @@ from reverie.modules.mlp import mlp
 from reverie.modules.rbf_controller import RBFController
 from reverie.modules.rssm import RSSMPosterior, RSSMPrior, RSSMRollout
 from reverie.modules.rssm_v3 import BlockLinear, RSSMPosteriorV3, RSSMPriorV3, RSSMRolloutV3
+from reverie.modules.rssm_world_model import RSSMStart, RSSMStep, RSSMWorldModel
 from reverie.modules.world_model import WorldModel, WorldModelStep
 
 __all__ = [
@@ -37,6 +38,9 @@ __all__ = [
     "RSSMPosteriorV3",
     "RSSMPriorV3",
     "RSSMRolloutV3",
+    "RSSMStart",
+    "RSSMStep",
+    "RSSMWorldModel",
     "SymExpTwoHot",
     "EnsembleDynamics",
     "EnsembleLinear",

@@ -145,6 +145,10 @@ class RSSMPosterior(nn.Module):
         x = torch.cat([belief, obs_embedding.to(belief.dtype)], -1)
         return _gaussian(self.obs_rnn_to_post_projector(x), self.scale_lb, noise)
 
+    def mode(self, belief: Tensor, obs_embedding: Tensor) -> Tensor:
+        """The most likely state: the posterior mean ``mu_q`` ``(*B, S)``."""
+        return self(belief, obs_embedding, noise=torch.zeros(()))[0]
+
 
 def _inner(module, name: str) -> nn.Module:
     if not isinstance(module, TensorDictModule):

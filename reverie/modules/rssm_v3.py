@@ -553,6 +553,13 @@ class RSSMPosteriorV3(nn.Module):
         logits, state = sample_with_logits(raw, self.unimix, _gumbel(raw.shape, raw, uniform))
         return logits, state.flatten(-2)
 
+    def mode(self, belief: Tensor, embedding: Tensor) -> Tensor:
+        """The most likely state: the one-hot argmax of every posterior categorical,
+        ``(*B, S * C)``."""
+        logits = self.raw_posterior_logits(belief, embedding)
+        index = logits.argmax(-1, keepdim=True)
+        return torch.zeros_like(logits).scatter_(-1, index, 1.0).flatten(-2)
+
 
 def _inner(module, name: str, cls: type) -> nn.Module:
     if not isinstance(module, TensorDictModule) or not isinstance(module.module, cls):

@@ -65,6 +65,15 @@ class WorldModel(TensorDictModuleBase):
             bool, probability or logit outputs (see :class:`~reverie.envs.WorldModelEnv`).
         decoder: reconstructs an observation from a latent, e.g.
             ``latent -> reconstructed_observation``; required by :meth:`decode`.
+        decode_on_step: run the decoder in :meth:`step` (and so in imagination envs).
+            ``False`` for imagination that never looks at observations (Dreamer's actor
+            learns from latents): :meth:`decode` still decodes on demand.
+
+    Latent keys: :attr:`latent_keys` are the keys the encoder writes that the dynamics
+    advance (``["latent"]`` above; ``["state", "belief"]`` for an RSSM, see
+    :class:`~reverie.modules.RSSMWorldModel`). Imagination envs
+    (:class:`~reverie.envs.WorldModelEnv`) and the open-loop diagnostics carry exactly
+    these keys from step to step, whatever the model family.
 
     Raises:
         KeyError: at call time, naming the component and the missing input key.
@@ -99,6 +108,7 @@ class WorldModel(TensorDictModuleBase):
         *,
         done_head: TensorDictModuleBase | None = None,
         decoder: TensorDictModuleBase | None = None,
+        decode_on_step: bool = True,
     ) -> None:
         super().__init__()
         for name, module in (("encoder", encoder), ("dynamics", dynamics), ("reward_head", reward_head)):
@@ -109,6 +119,7 @@ class WorldModel(TensorDictModuleBase):
         self.reward_head = reward_head
         self.done_head = done_head
         self.decoder = decoder
+        self.decode_on_step = bool(decode_on_step)
         # not a registered submodule: it only points back at this model
         object.__setattr__(self, "_step_view", WorldModelStep(self))
 
@@ -116,6 +127,20 @@ class WorldModel(TensorDictModuleBase):
     def components(self, names: Iterable[str] = _FULL_ORDER) -> list[tuple[str, TensorDictModuleBase]]:
         """The present components among ``names``, in call order, as ``(name, module)``."""
         return [(name, getattr(self, name)) for name in names if getattr(self, name) is not None]
+
+    def step_components(self) -> list[tuple[str, TensorDictModuleBase]]:
+        """The components :meth:`step` runs, in call order (the decoder only with
+        ``decode_on_step``)."""
+        names = _STEP_ORDER if self.decode_on_step else _STEP_ORDER[:-1]
+        return self.components(names)
+
+    @property
+    def latent_keys(self) -> list[NestedKey]:
+        """The latent state: keys the encoder writes that the dynamics read, in the
+        encoder's order (e.g. ``["latent"]``, or ``["state", "belief"]`` for an RSSM)."""
+        dynamics_in = {unravel_key(k) for k in self.dynamics.in_keys}
+        keys = [unravel_key(k) for k in self.encoder.out_keys]
+        return [k for k in keys if k in dynamics_in]
 
     @property
     def in_keys(self) -> list[NestedKey]:
@@ -147,12 +172,13 @@ class WorldModel(TensorDictModuleBase):
         return _run_component("encoder", self.encoder, tensordict)
 
     def step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Take one imagined step: dynamics -> reward_head -> [done_head] -> [decoder].
+        """Take one imagined step: dynamics -> reward_head -> [done_head] -> [decoder]
+        (the decoder only with ``decode_on_step``).
 
         The encoder is not called; the tensordict must already hold the current latent
         (from :meth:`encode` or an earlier step).
         """
-        for name, module in self.components(_STEP_ORDER):
+        for name, module in self.step_components():
             tensordict = _run_component(name, module, tensordict)
         return tensordict
 
@@ -193,7 +219,7 @@ class WorldModelStep(TensorDictModuleBase):
 
     def components(self) -> list[tuple[str, TensorDictModuleBase]]:
         """The step components in call order, as ``(name, module)``."""
-        return self.world_model.components(_STEP_ORDER)
+        return self.world_model.step_components()
 
     @property
     def in_keys(self) -> list[NestedKey]:

@@ -7,6 +7,7 @@ Each is a thin :class:`~torchrl.objectives.LossModule` that reads keys, calls th
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -101,7 +102,8 @@ class DreamerModelLoss(LossModule):
         ...                      nxt("reco_observation")),
         ...     TensorDictModule(lambda s, b: s[..., :1], nxt("state", "belief"), nxt("reward")))
         >>> loss = DreamerModelLoss(world_model)
-        >>> loss.set_keys(pixels=("next", "observation"), reco_pixels=("next", "reco_observation"))
+        >>> loss.set_keys(observation=("next", "observation"),
+        ...               reconstruction=("next", "reco_observation"))
         >>> batch = TensorDict({"action": torch.randn(2, 5, 1), ("next", "observation"): torch.randn(2, 5, 2),
         ...                     ("next", "reward"): torch.randn(2, 5, 1)}, [2, 5])
         >>> loss_td, out = loss(batch)
@@ -118,8 +120,12 @@ class DreamerModelLoss(LossModule):
             true_reward: where the true reward is moved. Default ``("next", "true_reward")``.
             prior_mean, prior_std, posterior_mean, posterior_std: RSSM statistics
                 (under ``"next"``).
-            pixels: the observation to reconstruct. Default ``("next", "pixels")``.
-            reco_pixels: the reconstruction. Default ``("next", "reco_pixels")``.
+            observation: the observation to reconstruct (frames or a state vector).
+                Default ``("next", "pixels")``, TorchRL's layout for frames.
+            reconstruction: the decoder's output. Default ``("next", "reco_pixels")``.
+
+        TorchRL's names for these two, ``pixels`` and ``reco_pixels``, are still accepted
+        by ``set_keys`` (with a ``DeprecationWarning``)
         """
 
         reward: NestedKey = ("next", "reward")
@@ -128,8 +134,8 @@ class DreamerModelLoss(LossModule):
         prior_std: NestedKey = ("next", "prior_std")
         posterior_mean: NestedKey = ("next", "posterior_mean")
         posterior_std: NestedKey = ("next", "posterior_std")
-        pixels: NestedKey = ("next", "pixels")
-        reco_pixels: NestedKey = ("next", "reco_pixels")
+        observation: NestedKey = ("next", "pixels")
+        reconstruction: NestedKey = ("next", "reco_pixels")
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
@@ -149,6 +155,17 @@ class DreamerModelLoss(LossModule):
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass
 
+    def set_keys(self, **kwargs):
+        """``LossModule.set_keys``; TorchRL's ``pixels``/``reco_pixels`` map to
+        ``observation``/``reconstruction``."""
+        for old, new in (("pixels", "observation"), ("reco_pixels", "reconstruction")):
+            if old in kwargs:
+                warnings.warn(f"DreamerModelLoss.set_keys({old}=...) is deprecated: the key is "
+                              f"named {new!r} (it may hold a state vector, not pixels).",
+                              DeprecationWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+        return super().set_keys(**kwargs)
+
     def forward(self, tensordict: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
         who, keys = type(self).__name__, self.tensor_keys
         td = tensordict.clone(False)
@@ -157,8 +174,8 @@ class DreamerModelLoss(LossModule):
         td = self.world_model(td)
         kl = gaussian_kl(_get(td, keys.posterior_mean, who), _get(td, keys.posterior_std, who),
                          _get(td, keys.prior_mean, who), _get(td, keys.prior_std, who))  # (*B, T)
-        target = _get(td, keys.pixels, who, " (the reconstruction target)")
-        reco = distance(_get(td, keys.reco_pixels, who), target, self.reco_loss)
+        target = _get(td, keys.observation, who, " (the reconstruction target)")
+        reco = distance(_get(td, keys.reconstruction, who), target, self.reco_loss)
         if not self.global_average:  # sum over the observation's own dims
             reco = reco.sum(tuple(range(td.ndim, reco.ndim)))
         reward = distance(_get(td, keys.reward, who), td.get(keys.true_reward), self.reward_loss)
