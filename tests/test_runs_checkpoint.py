@@ -196,3 +196,77 @@ def test_default_run_dir(tmp_path, monkeypatch):
     assert other.dir != run.dir  # two runs in the same second get distinct folders
     run.close()
     other.close()
+
+
+# ------------------------------------------------------------------ unreadable checkpoints
+def _two_checkpoints(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+    save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    return path
+
+
+def test_the_previous_checkpoint_is_kept(tmp_path):
+    from reverie.runs.checkpoint import previous_checkpoint_path
+
+    path = _two_checkpoints(tmp_path)
+    assert previous_checkpoint_path(path) == tmp_path / "checkpoint.prev.pt"
+    assert load_checkpoint(path)["step"] == 2
+    assert load_checkpoint(tmp_path / "checkpoint.prev.pt")["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random"])
+def test_an_unreadable_checkpoint_names_its_file_and_never_advises_unsafe_loading(tmp_path, damage):
+    from reverie.runs import CheckpointError
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(1000)})
+    data = path.read_bytes()
+    path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2],
+                      "random": bytes(range(256)) * 40}[damage])
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "weights_only" not in message
+    assert ("empty" if damage == "empty" else "truncated or corrupt") in message
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    path = _two_checkpoints(tmp_path)
+    path.write_bytes(path.read_bytes()[:100])  # the latest is truncated
+    with pytest.warns(RuntimeWarning, match="checkpoint.prev.pt"):
+        state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+def test_a_save_killed_between_its_renames_loads_the_previous_checkpoint(tmp_path):
+    path = _two_checkpoints(tmp_path)
+    path.unlink()  # renamed to .prev, the new file not yet in place
+    with pytest.warns(RuntimeWarning, match="missing"):
+        assert load_checkpoint(path)["step"] == 1
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from reverie.runs import CheckpointError
+
+    path = _two_checkpoints(tmp_path)
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="No space left.*previous checkpoint is intact"):
+        save_checkpoint(path, {"step": 3})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+
+
+def test_orphan_temporary_files_are_removed_at_the_next_save(tmp_path):
+    (tmp_path / ".checkpoint-abc123.pt.tmp").write_bytes(b"left by a killed writer")
+    save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]

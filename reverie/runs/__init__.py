@@ -9,6 +9,7 @@
 """
 
 from .checkpoint import (
+    CheckpointError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -48,6 +49,7 @@ __all__ = [
     "read_run_info",
     "save_checkpoint",
     "load_checkpoint",
+    "CheckpointError",
     "capture_rng_state",
     "restore_rng_state",
     "seed_everything",

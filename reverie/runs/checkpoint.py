@@ -3,7 +3,9 @@
 A checkpoint is one ``torch.save`` file holding a dict: module and optimizer
 ``state_dict()`` s, a TorchRL replay buffer's ``state_dict()``, counters and the RNG
 state from :func:`capture_rng_state`. :func:`save_checkpoint` writes it atomically,
-so a run killed mid-save keeps its previous checkpoint.
+so a run killed mid-save keeps its previous checkpoint, and keeps the one before it as
+``<name>.prev.pt``: :func:`load_checkpoint` falls back to it (with a warning) when the
+latest is missing, truncated or corrupt.
 
 >>> import tempfile, torch
 >>> with tempfile.TemporaryDirectory() as folder:
@@ -21,6 +23,8 @@ import os
 import pickle
 import random
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,8 @@ import numpy as np
 import torch
 
 __all__ = [
+    "CheckpointError",
+    "previous_checkpoint_path",
     "save_checkpoint",
     "load_checkpoint",
     "capture_rng_state",
@@ -36,13 +42,31 @@ __all__ = [
 ]
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (empty, truncated, corrupt) or written."""
+
+
+def previous_checkpoint_path(path: str | os.PathLike) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint before the latest:
+    ``checkpoint.pt`` -> ``checkpoint.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _temp_prefix(path: Path) -> tuple[str, str]:
+    return f".{path.stem}-", f"{path.suffix}.tmp"
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Atomically write ``state`` to ``path`` with :func:`torch.save`.
 
     The dict is written to a temporary file in the same directory, flushed and
-    fsynced, then renamed over ``path`` with :func:`os.replace` (atomic on POSIX and
-    Windows). If anything fails (an exception, a kill), ``path`` still holds the
-    previous complete checkpoint; on an exception the temporary file is removed.
+    fsynced; the current checkpoint (if any) is renamed to
+    :func:`previous_checkpoint_path` and the temporary file renamed over ``path`` with
+    :func:`os.replace` (atomic on POSIX and Windows). If anything fails (an exception, a
+    full disk, a kill), ``path`` or its ``.prev`` file still holds the previous complete
+    checkpoint, which :func:`load_checkpoint` finds; on an exception the temporary file
+    is removed. Temporary files that a killed writer left behind are removed first.
 
     Args:
         path: destination file, e.g. ``<run>/checkpoint.pt``. Parent folders are created.
@@ -52,23 +76,34 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
     Returns:
         The checkpoint path.
+
+    Raises:
+        CheckpointError: the file could not be written (e.g. the disk is full), naming the
+            path; the previous checkpoint is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}-", suffix=f"{path.suffix}.tmp"
-    )
+    prefix, suffix = _temp_prefix(path)
+    for orphan in path.parent.glob(f"{prefix}*{suffix}"):  # left by a killed writer
+        orphan.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if path.exists():
+            os.replace(path, previous_checkpoint_path(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError):
+            raise CheckpointError(
+                f"Could not write the checkpoint {path}: {err}. The previous checkpoint is "
+                "intact; free disk space (or fix the folder's permissions) and resume.") from err
         raise
     _fsync_dir(path.parent)
     return path
@@ -96,6 +131,11 @@ def load_checkpoint(
 ) -> dict[str, Any] | None:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
+    When ``path`` is missing (a writer killed between its two renames) or unreadable
+    (empty, truncated, corrupt) and the previous checkpoint
+    (:func:`previous_checkpoint_path`) is readable, that one is loaded instead, with a
+    warning naming both files.
+
     Args:
         path: the checkpoint file.
         map_location: where tensors are loaded (default CPU; move modules afterwards
@@ -104,21 +144,60 @@ def load_checkpoint(
             strings). Pass False only for checkpoints you trust that hold other objects.
 
     Returns:
-        The saved dict, or None if ``path`` does not exist.
+        The saved dict, or None if neither ``path`` nor its previous checkpoint exists.
+
+    Raises:
+        CheckpointError: ``path`` is unreadable and there is no readable previous
+            checkpoint; the message names the file and what is wrong with it.
+        pickle.UnpicklingError: a readable checkpoint holds objects that the safe loader
+            refuses (``weights_only=True``).
     """
     path = Path(path)
+    previous = previous_checkpoint_path(path)
     if not path.exists():
-        return None
+        if not previous.exists():
+            return None
+        warnings.warn(f"{path} is missing (a save was interrupted); loading the previous "
+                      f"checkpoint {previous}.", RuntimeWarning, stacklevel=2)
+        return _load(previous, map_location, weights_only)
+    try:
+        return _load(path, map_location, weights_only)
+    except CheckpointError as err:
+        if not previous.exists():
+            raise
+        try:
+            state = _load(previous, map_location, weights_only)
+        except CheckpointError:
+            raise err from None
+        warnings.warn(f"{err} Loading the previous checkpoint {previous} instead.",
+                      RuntimeWarning, stacklevel=2)
+        return state
+
+
+def _load(path: Path, map_location, weights_only: bool) -> dict[str, Any]:
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"The checkpoint {path} is empty (0 bytes): it was never "
+                              "written completely. Delete it to start the run over.")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"The checkpoint {path} ({size} bytes) is not a torch.save file: it is truncated "
+            "or corrupt. Delete it to start the run over, or restore it from a backup.")
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
-        if not weights_only:
-            raise
+        if not weights_only or "Weights only load failed" not in str(err):
+            raise CheckpointError(f"The checkpoint {path} is corrupt: {err}") from err
         raise pickle.UnpicklingError(
             f"{path} holds objects that the safe loader refuses. Keep checkpoints to "
             "tensors, state dicts and plain Python values, or, for a file you trust, call "
             f"load_checkpoint(path, weights_only=False).\n{err}"
         ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"The checkpoint {path} ({size} bytes) cannot be read ({type(err).__name__}: "
+            f"{err}): it is truncated or corrupt. Delete it to start the run over, or restore "
+            "it from a backup.") from err
 
 
 def capture_rng_state() -> dict[str, Any]:

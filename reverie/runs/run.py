@@ -8,6 +8,7 @@ Layout of a run folder::
         logs/csv/scalars/    TorchRL CSVLogger files, one <name>.csv per metric
         logs/tensorboard/    TorchRL TensorboardLogger events (if tensorboard is installed)
         checkpoint.pt        latest checkpoint (atomic), see Run.save
+        checkpoint.prev.pt   the one before: loaded when the latest is missing or unreadable
         summary.json         final metrics returned by the recipe
         learning_curve.png   one subplot per metric, drawn by Run.finish
 
