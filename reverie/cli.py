@@ -23,9 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from gymnasium import error as gym_error
+
 from reverie import __version__
 from reverie.algorithms import ALGORITHMS, load_algorithm
 from reverie.runs import (
+    CheckpointError,
+    ResumeError,
     Run,
     config_from_dict,
     format_help,
@@ -34,7 +38,7 @@ from reverie.runs import (
     resolve_config,
 )
 from reverie.runs.seeds import run_seeds
-from reverie.training import evaluate_run
+from reverie.training import TaskError, evaluate_run
 
 __all__ = ["main"]
 
@@ -227,6 +231,9 @@ def _train(args: argparse.Namespace, extra: list[str], parser: argparse.Argument
     Run.last_dir = None
     try:
         module.train(config)
+    except (ResumeError, CheckpointError, TaskError, gym_error.Error) as err:
+        print(f"error: {err}", file=sys.stderr)  # e.g. an unknown env id; no folder is left
+        return 2
     except KeyboardInterrupt:
         where = Run.last_dir
         msg = "\nInterrupted."

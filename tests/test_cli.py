@@ -159,3 +159,39 @@ def test_resume_errors(tmp_path, capsys):
     assert main(["train", "toy", *DEBUG, "total_steps=4", f"run_dir={tmp_path}"]) == 0
     assert main(["train", "--resume", str(tmp_path), "--preset", "debug"]) == 2
     assert "cannot be combined with --resume" in capsys.readouterr().err
+
+
+def test_a_resume_whose_checkpoint_does_not_fit_changes_nothing(tmp_path, capsys):
+    """A changed model size is refused with a message, before config.json, metrics.csv or
+    anything else in the run folder is touched; the run still resumes as it was."""
+    run = tmp_path / "run"
+    assert main(["train", "toy", *DEBUG, f"run_dir={run}", "stop_after=100"]) == 130
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "obs_dim=5"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the model" in err and "nothing in the run folder was changed" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert main(["train", "--resume", str(run), "stop_after=none"]) == 0
+    assert json.loads((run / "summary.json").read_text())["env_steps"] == 240
+
+
+def test_an_unknown_env_id_is_a_clear_error_and_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "pets", "--env", "Pendlum-v1", "--preset", "debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Pendlum" in err and "Did you mean: `Pendulum`" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "pets" / "Pendlum-v1").exists()
+    # an explicit run_dir that did not exist is removed as well
+    assert main(["train", "pets", "--env", "Pendlum-v1", "--preset", "debug",
+                 f"run_dir={tmp_path / 'mine'}"]) == 2
+    assert not (tmp_path / "mine").exists()
+
+
+@pytest.mark.parametrize("recipe", ["dreamer", "worldmodel", "pets"])
+def test_a_discrete_action_env_for_a_continuous_recipe_is_named(tmp_path, monkeypatch, capsys, recipe):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", recipe, "--env", "CartPole-v1", "--preset", "debug"]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipe} needs bounded continuous actions" in err and "CartPole-v1 has OneHot" in err
+    assert not (tmp_path / "runs" / recipe / "CartPole-v1").exists()

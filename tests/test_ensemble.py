@@ -525,3 +525,15 @@ def test_inference_path_equals_training_path_exactly():
         with torch.no_grad():
             mean_n, logvar_n = ens(x, propagation=propagation)
         assert torch.equal(mean_g.detach(), mean_n) and torch.equal(logvar_g.detach(), logvar_n)
+
+
+def test_fit_refuses_a_nan_observation_before_touching_the_model():
+    from reverie.validation import NonFiniteError
+
+    data = _sine_data(100, lambda x: torch.full_like(x, 0.1), torch.Generator().manual_seed(0))
+    data["next", "observation"][17, 0] = float("nan")
+    dyn = EnsembleDynamics(1, 1, num_members=3, num_elites=2, hidden=8, depth=1)
+    before = [p.detach().clone() for p in dyn.parameters()]
+    with pytest.raises(NonFiniteError, match=r"fit_ensemble: \('next', 'observation'\).*\(17, 0\)"):
+        fit_ensemble(dyn, EnsembleNLLLoss(dyn), torch.optim.Adam(dyn.parameters()), data)
+    assert all(torch.equal(a, b) for a, b in zip(before, dyn.parameters(), strict=True))

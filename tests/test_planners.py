@@ -564,3 +564,50 @@ def test_planner_policy_resets_between_episodes_of_a_transformed_env():
     first = env.rollout(2, policy)["action"].flatten().tolist()
     second = env.rollout(2, policy)["action"].flatten().tolist()
     assert first == pytest.approx([0.1, 0.2]) and second == pytest.approx([0.1, 0.2])
+
+
+# ------------------------------------------------------------------ non-finite objectives
+@pytest.mark.parametrize("cls", ["CEMPlanner", "ICEMPlanner", "MPPIPlanner"])
+def test_an_objective_without_any_finite_value_is_an_error_not_a_nan_plan(cls):
+    import reverie.planners as planners
+
+    elites = {} if cls == "MPPIPlanner" else {"num_elites": 4}
+    planner = getattr(planners, cls)(action_low=[-1.0], action_high=[1.0], horizon=3,
+                                     num_candidates=16, iterations=2, **elites)
+
+    def nan_for_env_1(actions):  # (2, N, H, 1) -> (2, N): env 1 is all NaN
+        values = -actions.pow(2).sum((-2, -1))
+        values[1] = float("nan")
+        return values
+
+    with pytest.raises(ValueError, match=r"no finite value.*\[\[1\]\]"):
+        planner.plan(nan_for_env_1, (2,))
+
+
+@pytest.mark.parametrize("cls", ["CEMPlanner", "ICEMPlanner", "MPPIPlanner"])
+def test_non_finite_candidates_count_as_the_worst(cls):
+    """Some NaN / +inf candidates: they are never chosen; the plan is finite."""
+    import reverie.planners as planners
+
+    elites = {} if cls == "MPPIPlanner" else {"num_elites": 4}
+    planner = getattr(planners, cls)(action_low=[-1.0], action_high=[1.0], horizon=2,
+                                     num_candidates=32, iterations=3, **elites)
+
+    def objective(actions):  # best at +0.5; candidates with a positive first action are broken
+        values = -(actions - 0.5).pow(2).sum((-2, -1))
+        broken = actions[..., 0, 0] > 0.9
+        values[broken] = float("inf")
+        values[actions[..., 0, 0] < -0.9] = float("nan")
+        return values
+
+    plan = planner.plan(objective, (), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(plan).all() and (plan[0, 0] <= 0.9)
+
+
+def test_an_unbounded_action_spec_is_refused():
+    from torchrl.data import Unbounded
+
+    from reverie.planners import CEMPlanner
+
+    with pytest.raises(ValueError, match="finite range"):
+        CEMPlanner(action_spec=Unbounded((1,)), horizon=3)

@@ -405,3 +405,25 @@ def test_gradient_routing():
     grads = _grads(model, out["loss_reconstruction"])
     assert grads["reward_head"] is None and grads["dynamics"] is None
     assert grads["decoder"].abs().sum() > 0 and grads["encoder"].abs().sum() > 0
+
+
+# ------------------------------------------------------------------ non-finite data
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_batch_with_nan_or_inf_is_refused_naming_the_key_and_index(bad):
+    from reverie.validation import NonFiniteError
+
+    loss = WorldModelLoss(fixed_model(), losses=["reward"])
+    batch = fixed_batch()
+    batch["next", "reward"][1, 0] = bad
+    with pytest.raises(NonFiniteError, match=r"\('next', 'reward'\).*1 non-finite value.*\(1, 0\)"):
+        loss(batch)
+
+
+def test_a_diverged_prediction_is_refused():
+    from reverie.validation import NonFiniteError
+
+    wm = fixed_model()
+    with torch.no_grad():
+        next(wm.reward_head.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="reward.*diverged"):
+        WorldModelLoss(wm, losses=["reward"])(fixed_batch())

@@ -80,6 +80,7 @@ from reverie.training import (
     check_buffer_memory,
     make_replay_buffer,
 )
+from reverie.training.checks import require_continuous_actions
 
 NAME = "dreamer"
 
@@ -303,6 +304,8 @@ class DreamerAgent(CountsUpdates, Agent):
 
 
 def make_agent(config: Config, env, device: torch.device) -> DreamerAgent:
+    """The agent, once the env is known to have bounded continuous actions."""
+    require_continuous_actions(env, NAME, config.env, ' Use dreamer_v3 for discrete actions.')
     return DreamerAgent(config, env, device)
 
 

@@ -51,6 +51,7 @@ from reverie.objectives import EnsembleNLLLoss, WorldModelLoss, fit_ensemble
 from reverie.planners import CEMPlanner, ICEMPlanner, MPPIPlanner, PlannerPolicy, rollout_objective
 from reverie.runs import RunConfig, cfg
 from reverie.training import Agent, Schedule, make_replay_buffer
+from reverie.training.checks import require_continuous_actions
 
 NAME = "pets"
 
@@ -230,6 +231,8 @@ class PETSAgent(Agent):
 
 
 def make_agent(config: Config, env, device: torch.device) -> PETSAgent:
+    """The agent, once the env is known to have bounded continuous actions."""
+    require_continuous_actions(env, NAME, config.env)
     return PETSAgent(config, env, device)
 
 

@@ -53,6 +53,7 @@ from reverie.modules import GPWorldModel, RBFController
 from reverie.objectives import ExponentialQuadraticCost
 from reverie.runs import RunConfig, cfg
 from reverie.training import EPISODE_KEY, Agent, Schedule, derive_seed, make_replay_buffer
+from reverie.training.checks import require_continuous_actions
 
 NAME = "pilco"
 
@@ -287,6 +288,8 @@ class PILCOAgent(Agent):
 
 
 def make_agent(config: Config, env, device: torch.device) -> PILCOAgent:
+    """The agent, once the env is known to have bounded continuous actions."""
+    require_continuous_actions(env, NAME, config.env)
     return PILCOAgent(config, env, device)
 
 

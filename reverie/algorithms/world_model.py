@@ -47,6 +47,7 @@ from reverie.objectives import WorldModelLoss
 from reverie.planners import rollout_objective
 from reverie.runs import RunConfig, cfg
 from reverie.training import Agent, Schedule, make_replay_buffer
+from reverie.training.checks import require_continuous_actions
 
 NAME = "worldmodel"
 
@@ -210,6 +211,8 @@ class WorldModelAgent(Agent):
 
 
 def make_agent(config: Config, env, device: torch.device) -> WorldModelAgent:
+    """The agent, once the env is known to have bounded continuous actions."""
+    require_continuous_actions(env, NAME, config.env)
     return WorldModelAgent(config, env, device)
 
 

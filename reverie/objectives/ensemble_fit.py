@@ -8,6 +8,7 @@ import torch
 from tensordict import TensorDictBase
 
 from reverie.modules.ensemble import EnsembleLinear
+from reverie.validation import check_finite
 
 __all__ = ["fit_ensemble", "member_mse"]
 
@@ -136,6 +137,9 @@ def fit_ensemble(
             f"{sorted(map(str, data.keys(True, True)))}). Rename them or `loss_module.set_keys(...)`."
         )
     data = data.select(*needed)  # minibatches index only what the loss reads
+    check_finite("fit_ensemble", data, needed,
+                 "Drop or repair those transitions (e.g. data[torch.isfinite(...).all(-1)]); "
+                 "nothing was fitted.")
     if data.batch_dims != 1:
         data = data.reshape(-1)
     n = data.batch_size[0]

@@ -11,6 +11,8 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.objectives import LossModule
 
+from reverie.validation import NonFiniteError, check_finite
+
 __all__ = ["WorldModelLoss", "distance"]
 
 _DISTANCES = ("l1", "l2", "smooth_l1")
@@ -212,6 +214,8 @@ class WorldModelLoss(LossModule):
             TensorDict with scalar ``loss_<name>`` entries.
         """
         keys = self.tensor_keys
+        check_finite("WorldModelLoss", tensordict, tensordict.keys(True, True),
+                     "A batch with NaN/inf is never trained on: drop or repair those transitions.")
         td = tensordict.copy()
         if "reward" in self.losses:
             self._get(td, _next(keys.reward), "the true reward")
@@ -253,6 +257,12 @@ class WorldModelLoss(LossModule):
         out = {}
         for name in self.losses:  # the caller's order
             prediction, target = terms[name]
+            if prediction.is_floating_point() and not bool(torch.isfinite(prediction).all()):
+                raise NonFiniteError(
+                    f"WorldModelLoss ({name}): the world model's prediction holds NaN/inf "
+                    f"(shape {tuple(prediction.shape)}) on a finite batch: the model has "
+                    "diverged (lower the learning rate, clip gradients, or restart from a "
+                    "checkpoint).")
             if name == "done" and self.distances["done"] != "bce":
                 prediction = prediction.float()
             try:

@@ -66,10 +66,12 @@ def _as_bounds(action_low, action_high, action_spec) -> tuple[torch.Tensor, torc
             f"Planner: action_low and action_high must both have shape (A,); got "
             f"{tuple(low.shape)} and {tuple(high.shape)}."
         )
-    if not (torch.isfinite(low).all() and torch.isfinite(high).all()) or (low > high).any():
+    if not torch.isfinite(high - low).all() or (low > high).any():  # also +-3.4e38 (Unbounded)
         raise ValueError(
-            f"Planner: action bounds must be finite with low <= high; got low={low.tolist()}, "
-            f"high={high.tolist()}."
+            f"Planner: action bounds must be finite with low <= high and a finite range "
+            f"high - low; got low={low.tolist()}, high={high.tolist()}. An unbounded action "
+            "spec has no range to sample plans from: give the real bounds, "
+            "e.g. action_spec=Bounded(-2.0, 2.0, (A,)) or action_low=..., action_high=...."
         )
     return low, high
 
@@ -138,6 +140,7 @@ class Planner(nn.Module):
         self.register_buffer("action_low", low)
         self.register_buffer("action_high", high)
         self.register_buffer("_solution", None, persistent=False)
+        self._all_finite: torch.Tensor | None = None  # per plan: every iteration had a finite value
 
     # ------------------------------------------------------------------ properties
     @property
@@ -219,7 +222,9 @@ class Planner(nn.Module):
         return torch.clamp(actions, self.action_low, self.action_high)
 
     def evaluate(self, objective, actions: torch.Tensor, batch_shape: torch.Size) -> torch.Tensor:
-        """``objective(actions)`` with its shape checked; NaN values become ``-inf``."""
+        """``objective(actions)`` with its shape checked; non-finite values (NaN, +-inf)
+        become ``-inf`` (the worst). :meth:`plan` raises if, in some iteration, no candidate
+        of an env got a finite value."""
         values = objective(actions)
         expected = actions.shape[:-2]
         if not isinstance(values, torch.Tensor) or values.shape != expected:
@@ -230,7 +235,10 @@ class Planner(nn.Module):
                 f"(Planning batch_shape E = {tuple(batch_shape)}; reduce over H and any "
                 "particle dims inside the objective.)"
             )
-        return torch.nan_to_num(values, nan=float("-inf"))
+        finite = torch.isfinite(values)
+        ok = finite.any(-1)  # (*E,): at least one candidate with a finite value
+        self._all_finite = ok if self._all_finite is None else self._all_finite & ok
+        return torch.where(finite, values, torch.full_like(values, float("-inf")))
 
     @torch.no_grad()
     def plan(
@@ -252,11 +260,23 @@ class Planner(nn.Module):
 
         Returns:
             the plan ``(*E, H, A)``, within the bounds (also kept as ``solution``).
+
+        Raises:
+            ValueError: the objective returned no finite value for some env in some
+                iteration (see :meth:`evaluate`).
         """
         batch_shape = torch.Size(batch_shape)
         warm = self._has_warm_start(batch_shape)
         mean = self.initial_guess(batch_shape)
+        self._all_finite = None
         result = self.clip(self._optimize(objective, mean, batch_shape, warm, generator))
+        if self._all_finite is not None and not bool(self._all_finite.all()):  # one sync per plan
+            bad = (~self._all_finite).nonzero().tolist()
+            raise ValueError(
+                f"{type(self).__name__}: the objective gave no finite value (NaN or +-inf for "
+                f"every candidate) in some iteration for env index(es) {bad[:10]} of batch "
+                f"{tuple(batch_shape)}; no plan is made from it. The model or the reward "
+                "produced NaN/inf: check the world model (e.g. a diverged fit) and the reward.")
         self._solution = result.clone()
         return result
 

@@ -10,6 +10,7 @@
 
 from .checkpoint import (
     CheckpointError,
+    ResumeError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -50,6 +51,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "CheckpointError",
+    "ResumeError",
     "capture_rng_state",
     "restore_rng_state",
     "seed_everything",

@@ -33,6 +33,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "ResumeError",
     "previous_checkpoint_path",
     "save_checkpoint",
     "load_checkpoint",
@@ -44,6 +45,11 @@ __all__ = [
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read (empty, truncated, corrupt) or written."""
+
+
+class ResumeError(ValueError):
+    """A run that cannot be resumed as asked (e.g. its checkpoint does not fit the model that
+    the resumed config builds); raised before anything in the run folder is changed."""
 
 
 def previous_checkpoint_path(path: str | os.PathLike) -> Path:

@@ -28,6 +28,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -160,6 +161,8 @@ class Run:
     def __init__(self, algo: str, config: RunConfig) -> None:
         self.algo = algo
         self.overrides: dict[str, Any] = {}
+        self.created_dir = False  # this Run made its folder (a new run in a new folder)
+        self._auto_dir = False  # ... under runs/<algo>/<env>/
         if config.resume:
             self.dir = Path(config.resume)
             self.config = self._resumed_config(config)
@@ -168,10 +171,8 @@ class Run:
             self.dir = self._new_dir(algo, config)
             self.config = dataclasses.replace(config, run_dir=str(self.dir))
             self.resumed = False
-        _write_text_atomic(
-            self.dir / CONFIG_FILE,
-            json.dumps({"algo": algo, "config": config_to_dict(self.config)}, indent=2) + "\n",
-        )
+        if not self.resumed:  # a resumed run's config.json is rewritten once it resumes
+            self._write_config()
         Run.last_dir = self.dir
 
         torch.set_num_threads(self.config.num_threads)
@@ -197,6 +198,7 @@ class Run:
                     f"{path} already holds a run. Continue it with `resume={path}` "
                     "(reverie train --resume ...) or choose another run_dir."
                 )
+            self.created_dir = not path.exists()
             path.mkdir(parents=True, exist_ok=True)
             return path
         env = config.env.replace("/", "-").replace(":", "-")
@@ -207,6 +209,7 @@ class Run:
             path = base / (stem if i == 0 else f"{stem}-{i}")
             try:
                 path.mkdir()
+                self.created_dir = self._auto_dir = True
                 return path
             except FileExistsError:
                 continue
@@ -258,6 +261,21 @@ class Run:
 
         self._tensorboard_pending = False
         return _PurgingTensorboardLogger(exp_name="tensorboard", log_dir=str(self.dir / "logs"))
+
+    def discard(self) -> bool:
+        """Remove the folder of a new run that failed while it was being set up (e.g. an
+        unknown env id), so no empty run folder is left behind. Only a folder this Run
+        created and that holds no checkpoint is removed; returns whether it was."""
+        if self.resumed or not self.created_dir or self.checkpoint_path.exists():
+            return False
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.config.run_dir or self._auto_dir:  # runs/<algo>/<env>/ if now empty
+            try:
+                self.dir.parent.rmdir()
+            except OSError:
+                pass
+        return True
 
     # ------------------------------------------------------------------ paths
 
@@ -386,25 +404,49 @@ class Run:
         self._last_save_step = int(state["step"])
         return self.checkpoint_path
 
+    def _write_config(self) -> None:
+        _write_text_atomic(
+            self.dir / CONFIG_FILE,
+            json.dumps({"algo": self.algo, "config": config_to_dict(self.config)}, indent=2) + "\n",
+        )
+
     def load(self, *, restore_rng: bool = True, weights_only: bool = True) -> dict[str, Any] | None:
         """Load the checkpoint of a resumed run; None for a new run or when none was saved.
 
-        For a resumed run it also restores the RNG states saved by :meth:`save`, sets
-        :attr:`start_step`, and drops the metric rows logged after the checkpoint's step
-        (all rows if there is no checkpoint, since the recipe then starts over).
+        :meth:`read_checkpoint` then :meth:`begin`: for a resumed run it also restores the
+        RNG states saved by :meth:`save`, sets :attr:`start_step`, drops the metric rows
+        logged after the checkpoint's step (all rows if there is no checkpoint, since the
+        recipe then starts over) and rewrites ``config.json`` with the resumed settings.
+        A loop that must first check that the checkpoint fits its model calls the two
+        separately, so that a refused resume leaves the run folder as it was.
 
         Args:
             restore_rng: restore ``state["rng"]``.
             weights_only: passed to :func:`~reverie.runs.load_checkpoint`.
         """
+        state = self.read_checkpoint(weights_only=weights_only)
+        self.begin(state, restore_rng=restore_rng)
+        return state
+
+    def read_checkpoint(self, *, weights_only: bool = True) -> dict[str, Any] | None:
+        """The checkpoint of a resumed run (None for a new run or when none was saved),
+        read without changing anything in the run folder."""
         if not self.resumed:
             return None
         state = load_checkpoint(self.checkpoint_path, weights_only=weights_only)
+        if state is not None and "step" not in state:
+            raise ValueError(f"{self.checkpoint_path} has no 'step' entry.")
+        return state
+
+    def begin(self, state: dict[str, Any] | None, *, restore_rng: bool = True) -> None:
+        """Start (or continue) the run from ``state`` (what :meth:`read_checkpoint` gave):
+        see :meth:`load`. Nothing happens for a new run."""
+        if not self.resumed:
+            return
+        self._write_config()
         if state is None:
             self._truncate_metrics(None)
-            return None
-        if "step" not in state:
-            raise ValueError(f"{self.checkpoint_path} has no 'step' entry.")
+            return
         step = int(state["step"])
         if restore_rng and "rng" in state:
             restore_rng_state(state["rng"])
@@ -414,7 +456,6 @@ class Run:
         self.print(
             f"Resuming {self.dir} from step {step}" + (f" with {changed}" if changed else "")
         )
-        return state
 
     def _truncate_metrics(self, step: int | None) -> None:
         """Drop rows with a step above ``step`` (all rows if None) from every CSV log."""

@@ -17,6 +17,7 @@ from .buffer import (
     load_buffer_state_dict,
     make_replay_buffer,
 )
+from .checks import TaskError, require_continuous_actions
 from .collect import EPISODE_KEY, make_collector, wrap_env
 from .device import available_devices, resolve_device
 from .evaluate import episode_return, run_episodes
@@ -26,6 +27,8 @@ from .seeding import derive_seed
 
 __all__ = [
     "Agent",
+    "TaskError",
+    "require_continuous_actions",
     "CountsUpdates",
     "Schedule",
     "train",

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torchrl.envs import EnvBase
 
-from reverie.runs import Run, RunConfig
+from reverie.runs import ResumeError, Run, RunConfig
 
 from .agent import Agent
 from .buffer import buffer_state_dict, load_buffer_state_dict
@@ -98,26 +98,41 @@ def train(name: str, config: RunConfig, make_env: MakeEnv, make_agent: MakeAgent
     device = resolve_device(config.device)  # before anything is created: a bad device fails first
     run = Run(name, config)
     config = run.config
+    setup = {"done": False}
     try:
-        return _train(run, config, device, make_env, make_agent)
+        return _train(run, config, device, make_env, make_agent, setup)
+    except Exception:
+        if not setup["done"]:  # e.g. an unknown env id: leave no empty run folder behind
+            run.discard()
+        raise
     finally:
         run.close()
 
 
-def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent: MakeAgent) -> dict:
+def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent: MakeAgent,
+           setup: dict) -> dict:
     env = make_env(config)
     agent = make_agent(config, env, device)
     _check_agent(agent, device)
+    setup["done"] = True
     schedule = agent.schedule
     factory = EnvFactory(make_env, config, schedule.max_episode_steps, config.num_envs,
                          config.vector_env)
     buffer = agent.make_buffer()
     loop = LoopState()
-    state = run.load()
+    state = run.read_checkpoint()
     if state is not None:
-        agent.load_state_dict(state["agent"])
+        try:
+            agent.load_state_dict(state["agent"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ResumeError(
+                f"Cannot resume {run.dir}: its checkpoint does not fit the model that this "
+                f"config builds ({type(err).__name__}: {str(err).strip()[:500]}). Did a "
+                "model-size setting change? Resume without it; nothing in the run folder "
+                "was changed.") from err
         load_buffer_state_dict(buffer, state["buffer"])
         loop = LoopState(**state["loop"])
+    run.begin(state)  # only now: RNG states, metrics truncated, config.json rewritten
 
     def save() -> None:
         run.save({"step": loop.step, "loop": dataclasses.asdict(loop),
