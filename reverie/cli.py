@@ -31,6 +31,7 @@ from reverie.runs import (
     CheckpointError,
     ResumeError,
     Run,
+    RunLockedError,
     config_from_dict,
     format_help,
     plot_learning_curves,
@@ -231,7 +232,7 @@ def _train(args: argparse.Namespace, extra: list[str], parser: argparse.Argument
     Run.last_dir = None
     try:
         module.train(config)
-    except (ResumeError, CheckpointError, TaskError, gym_error.Error) as err:
+    except (ResumeError, CheckpointError, RunLockedError, TaskError, gym_error.Error) as err:
         print(f"error: {err}", file=sys.stderr)  # e.g. an unknown env id; no folder is left
         return 2
     except KeyboardInterrupt:

@@ -195,3 +195,32 @@ def test_a_discrete_action_env_for_a_continuous_recipe_is_named(tmp_path, monkey
     err = capsys.readouterr().err
     assert f"{recipe} needs bounded continuous actions" in err and "CartPole-v1 has OneHot" in err
     assert not (tmp_path / "runs" / recipe / "CartPole-v1").exists()
+
+
+def test_resuming_a_finished_run_writes_no_row_twice(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "toy", *DEBUG, f"run_dir={run}"]) == 0
+    rows = _metric_rows(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert main(["train", "--resume", str(run)]) == 0  # finished: only the final phase again
+    assert _metric_rows(run) == rows
+    assert len({(s, n) for s, n, _ in rows}) == len(rows)
+    assert json.loads((run / "summary.json").read_text()) == summary
+
+
+def test_two_processes_on_one_run_folder_the_second_is_refused(tmp_path, capsys):
+    from toy_recipe import Config
+
+    from reverie.runs import Run
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "toy", *DEBUG, f"run_dir={run_dir}", "stop_after=100"]) == 130
+    holder = Run("toy", Config(resume=str(run_dir)))  # a live process resuming the run
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "stop_after=none"]) == 2
+    assert "is in use by pid" in capsys.readouterr().err
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+    holder.close()  # released (a killed process releases it too)
+    assert main(["train", "--resume", str(run_dir), "stop_after=none"]) == 0

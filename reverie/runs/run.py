@@ -54,6 +54,11 @@ __all__ = ["Run", "read_run_info"]
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run folder (see :meth:`Run._lock`)."""
 CURVE_FILE = "learning_curve.png"
 _NOT_RESUMED = ("resume", "run_dir")
 
@@ -163,12 +168,15 @@ class Run:
         self.overrides: dict[str, Any] = {}
         self.created_dir = False  # this Run made its folder (a new run in a new folder)
         self._auto_dir = False  # ... under runs/<algo>/<env>/
+        self._lock_fh = None
         if config.resume:
             self.dir = Path(config.resume)
+            self._lock()
             self.config = self._resumed_config(config)
             self.resumed = True
         else:
             self.dir = self._new_dir(algo, config)
+            self._lock()
             self.config = dataclasses.replace(config, run_dir=str(self.dir))
             self.resumed = False
         if not self.resumed:  # a resumed run's config.json is rewritten once it resumes
@@ -182,6 +190,8 @@ class Run:
         self._last_save_step = 0
         self._bar: tqdm | None = None
         self._latest: dict[str, float] = {}
+        self._last_row_step: int | None = None
+        self._names_at_last_step: set[str] = set()
         self._metrics_fh = None
         self._closed = False
         if not self.resumed or not self.metrics_path.exists():
@@ -189,6 +199,37 @@ class Run:
         self.loggers = self._make_loggers()
 
     # ------------------------------------------------------------------ construction
+
+    def _lock(self) -> None:
+        """Hold ``<dir>/.lock`` (an advisory ``flock``, released when this process ends,
+        even by SIGKILL) for as long as the run is open: a second process on the same run
+        folder is refused before it changes anything."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return
+        if not self.dir.is_dir():
+            return  # resume of a missing folder: read_run_info names the problem
+        fh = open(self.dir / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunLockedError(
+                f"{self.dir} is in use by {holder}: two processes must not train in one run "
+                "folder. Wait for it to finish (or stop it), then resume.") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        self._lock_fh = fh
+
+    def _unlock(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()  # closing the file releases the flock
+            self._lock_fh = None
 
     def _new_dir(self, algo: str, config: RunConfig) -> Path:
         if config.run_dir:
@@ -323,6 +364,18 @@ class Run:
             writer.writerow([int(step), name, repr(value)])
         self._metrics_fh.flush()
         self._latest.update(values)
+        self._note_rows(int(step), values)
+
+    def _note_rows(self, step: int, names) -> None:
+        if step != self._last_row_step:
+            self._last_row_step, self._names_at_last_step = step, set()
+        self._names_at_last_step.update(names)
+
+    def logged_names(self, step: int) -> set[str]:
+        """Names with a row at ``step`` in ``metrics.csv``, if ``step`` is the latest step
+        logged (resumed runs included); an empty set for any other step. A loop that may
+        be resumed after its final rows were written uses it to never write them twice."""
+        return set(self._names_at_last_step) if step == self._last_row_step else set()
 
     @property
     def latest(self) -> dict[str, float]:
@@ -476,8 +529,10 @@ class Run:
         os.replace(tmp, self.metrics_path)
 
         self._latest = {}
+        self._last_row_step, self._names_at_last_step = None, set()
         for r in body:
             self._latest[r[1]] = float(r[2])
+            self._note_rows(int(r[0]), [r[1]])
 
         for logger in self.loggers:
             files = getattr(logger.experiment, "files", None)
@@ -537,7 +592,9 @@ class Run:
         return summary
 
     def close(self) -> None:
-        """Close the progress bar, the metric file and the loggers (idempotent)."""
+        """Close the progress bar, the metric file and the loggers, and release the run
+        folder's lock (idempotent)."""
+        self._unlock()
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -195,7 +195,8 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent
             collector.shutdown()
     bar.close()
 
-    logged = {"eval/return"} if loop.step in evaluated else set()  # by the periodic evaluation
+    # by the periodic evaluation, or before a kill of this finished run (a resume: no duplicates)
+    logged = run.logged_names(loop.step)
     returns, episodes = evaluate() if schedule.eval_episodes else ([], [])
     final = {"eval/return": sum(returns) / len(returns)} if returns else {}
     final.update(agent.eval_metrics(episodes) if episodes else {})
