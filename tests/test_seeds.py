@@ -140,3 +140,53 @@ def test_the_commit_is_that_of_the_code_the_seed_processes_import(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert _package_seen_by_children() == (tmp_path / "reverie").resolve()
     assert code_commit() == "unknown"  # that package is not in a git checkout
+
+
+def test_seeds_refuses_zero_jobs(tmp_path, capsys):
+    argv = _argv(tmp_path / "out", tmp_path / "runs")
+    argv[argv.index("--jobs") + 1] = "0"
+    assert main(argv) == 2
+    assert "jobs >= 1" in capsys.readouterr().err
+
+
+def _children_training_in(root):
+    """PIDs of processes whose command line names a seed folder under ``root``."""
+    import os
+
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"run_dir={root}" in cmdline and " train " in cmdline:
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="Linux /proc")
+def test_killing_seeds_stops_its_training_processes(tmp_path):
+    """SIGKILL of `reverie seeds` (no chance to clean up): its children get SIGINT from the
+    kernel, stop at their last checkpoint, and a rerun resumes them."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "runs"
+    argv = _argv(tmp_path / "out", root, "iterations=200", "max_episode_steps=40", "fit_steps=20",
+                 "diagnostics_horizon=10", "plan_candidates=16")
+    parent = subprocess.Popen([sys.executable, "-m", "reverie.cli", *argv],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(_children_training_in(root)) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    children = _children_training_in(root)
+    assert len(children) == 2, "the two seed processes did not start"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 60
+    while _children_training_in(root) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _children_training_in(root) == []

@@ -42,6 +42,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -279,6 +280,8 @@ def run_seeds(
             overrides are invalid (nothing was run or written).
         RuntimeError: a seed's process failed (its log file is named).
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise SeedSettingsError(f"jobs={jobs!r}: run at least one seed at a time (jobs >= 1).")
     runs_root = Path(runs_root or Path("runs") / "seeds" / algo / env.replace("/", "_"))
     check_seed_folders(algo, env, seeds, runs_root, presets=presets, overrides=overrides)
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -288,6 +291,47 @@ def run_seeds(
     timing_file = runs_root / "wall_clock.json"
     if timing_file.exists():
         wall.update({int(k): v for k, v in json.loads(timing_file.read_text()).items()})
+    try:
+        _run_pending(algo, env, pending, running, wall, jobs, runs_root, timing_file, presets,
+                     overrides)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM) or a seed failed: stop the others
+        _stop(running)
+        raise
+    run_dirs = {s: runs_root / f"seed_{s}" for s in seeds}
+    return collect_results(
+        algo, env, run_dirs, out_dir, command=command or "", threshold=threshold,
+        metric=metric, wall_clock=wall, extra_keys=extra_keys,
+    )
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGINT (a clean KeyboardInterrupt) when ``reverie seeds`` dies,
+    even by SIGKILL; its last checkpoint stays and a rerun resumes it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop(running: dict) -> None:
+    """Interrupt every running seed (SIGINT: each stops cleanly at its last checkpoint)."""
+    for proc, _, _ in running.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc, _, log in running.values():
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    running.clear()
+
+
+def _run_pending(algo, env, pending, running, wall, jobs, runs_root, timing_file, presets,
+                 overrides) -> None:
     while pending or running:
         while pending and len(running) < jobs:
             seed = pending.pop(0)
@@ -302,7 +346,8 @@ def run_seeds(
             log = open(runs_root / f"seed_{seed}.log", "a")  # noqa: SIM115 (closed below)
             print(f"[seeds] seed {seed}: {_shown_command(cmd)}", flush=True)
             running[seed] = (
-                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT),
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None),
                 time.perf_counter(),
                 log,
             )
@@ -315,19 +360,11 @@ def run_seeds(
             wall[seed] = wall.get(seed, 0.0) + time.perf_counter() - start
             timing_file.write_text(json.dumps(wall))
             if proc.returncode != 0:
-                for p, _, lg in running.values():
-                    p.terminate()
-                    lg.close()
                 raise RuntimeError(
                     f"seed {seed} failed with exit code {proc.returncode}; see "
                     f"{runs_root / f'seed_{seed}.log'}"
                 )
             print(f"[seeds] seed {seed} done in {wall[seed]:.0f} s", flush=True)
-    run_dirs = {s: runs_root / f"seed_{s}" for s in seeds}
-    return collect_results(
-        algo, env, run_dirs, out_dir, command=command or "", threshold=threshold,
-        metric=metric, wall_clock=wall, extra_keys=extra_keys,
-    )
 
 
 def collect_results(
