@@ -216,3 +216,20 @@ def test_help_lists_every_field_with_type_default_help_and_presets():
     assert "fast: steps=100, lr=0.003" in text
     # recipe fields are listed before the shared run fields
     assert text.index("  lr: ") < text.index("  env: ")
+
+
+def test_bounds_and_finiteness_are_checked_with_the_field_named():
+    from reverie.runs import RunConfig
+
+    with pytest.raises(ValueError, match=r"seed=-1 is out of range: it must be >= 0"):
+        RunConfig(seed=-1)
+    with pytest.raises(ValueError, match=r"checkpoint_every=-5 is out of range"):
+        RunConfig(checkpoint_every=-5)
+    with pytest.raises(ValueError, match=r"num_threads must be an integer >= 1, got 0"):
+        RunConfig(num_threads=0)
+
+
+def test_help_shows_the_range():
+    from reverie.runs import RunConfig, format_help
+
+    assert "(range: >= 0 and <= 4294967295)" in " ".join(format_help(RunConfig).split())

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import textwrap
 import types
 import typing
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
 __all__ = [
+    "check_bounds",
     "RunConfig",
     "cfg",
     "cfg_factory",
@@ -61,8 +63,9 @@ _FALSE = {"false", "0", "no", "n", "off"}
 _NONE = {"none", "null"}
 
 
-def cfg(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at call sites
-    """Declare a config field with a default value and a help string.
+def cfg(default: Any, help: str, *, low: float | None = None, high: float | None = None,  # noqa: A002
+        low_open: bool = False) -> Any:
+    """Declare a config field with a default value, a help string and optional bounds.
 
     Use it for immutable defaults (numbers, strings, ``None``, tuples); use
     :func:`cfg_factory` for mutable ones (lists, dicts).
@@ -71,14 +74,27 @@ def cfg(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at ca
         default: the field's default value.
         help: one or two sentences shown by ``reverie train ALGO --help``.
 
+    Keyword Args:
+        low, high: inclusive bounds of a numeric field (``None``: unbounded on that side),
+            checked by :meth:`RunConfig.__post_init__` before any work is done and shown
+            in ``--help``. Float fields must always be finite (no NaN or inf).
+        low_open: ``low`` is exclusive (``> low`` rather than ``>= low``).
+
     >>> from dataclasses import dataclass
     >>> @dataclass
     ... class C:
-    ...     lr: float = cfg(1e-3, "Learning rate.")
+    ...     lr: float = cfg(1e-3, "Learning rate.", low=0, low_open=True)
     >>> C().lr
     0.001
+    >>> check_bounds(C(lr=0.0))
+    Traceback (most recent call last):
+    ...
+    ValueError: lr=0.0 is out of range: it must be > 0.
     """
-    return dataclasses.field(default=default, metadata={"help": help})
+    meta: dict[str, Any] = {"help": help}
+    if low is not None or high is not None:
+        meta["bounds"] = (low, high, low_open)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def cfg_factory(factory: Callable[[], Any], help: str) -> Any:  # noqa: A002
@@ -91,6 +107,45 @@ def cfg_factory(factory: Callable[[], Any], help: str) -> Any:  # noqa: A002
     return dataclasses.field(default_factory=factory, metadata={"help": help})
 
 
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _range_text(bounds: tuple) -> str:
+    low, high, low_open = bounds
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {_number(low)}")
+    if high is not None:
+        parts.append(f"<= {_number(high)}")
+    return " and ".join(parts)
+
+
+def check_bounds(config: Any) -> None:
+    """Check every field of a config dataclass against its :func:`cfg` bounds, and that
+    every float is finite; ``None`` values (optional fields) are skipped.
+
+    Raises:
+        ValueError: naming the field, its value and the allowed range.
+    """
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue
+        value = getattr(config, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name}={value!r}: it must be a finite number.")
+        bounds = f.metadata.get("bounds")
+        if bounds is None:
+            continue
+        low, high, low_open = bounds
+        if ((low is not None and (value <= low if low_open else value < low))
+                or (high is not None and value > high)):
+            raise ValueError(f"{f.name}={value!r} is out of range: it must be "
+                             f"{_range_text(bounds)}.")
+
+
 @dataclass
 class RunConfig:
     """Fields every recipe shares. Recipes subclass it and add their own fields.
@@ -101,7 +156,8 @@ class RunConfig:
     """
 
     env: str = cfg("Pendulum-v1", "Environment id (a Gymnasium id such as Pendulum-v1).")
-    seed: int = cfg(0, "Seed for python `random`, numpy and torch (also the env seed).")
+    seed: int = cfg(0, "Seed for python `random`, numpy and torch (also the env seed).",
+                    low=0, high=2**32 - 1)
     num_threads: int = cfg(
         1,
         "torch.set_num_threads value. Keep 1 for small models on CPU: small ops run "
@@ -131,6 +187,7 @@ class RunConfig:
         "Save checkpoint.pt every this many recipe steps (the `step` counter passed to "
         "run.log, i.e. environment steps for online recipes, gradient updates for offline "
         "ones). 0 saves only at the end.",
+        low=0,
     )
     tensorboard: bool = cfg(
         True, "Also log scalars to TensorBoard (only when the tensorboard package is installed)."
@@ -147,6 +204,7 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+        check_bounds(self)
 
 
 # ----------------------------------------------------------------------------- types
@@ -581,6 +639,9 @@ def format_help(config_cls: type, prog: str | None = None) -> str:
             default = _format_value(defaults.get(name, "<required>"))
             lines.append(f"  {name}: {_type_name(types_[name])} = {default}")
             text = fields[name].metadata.get("help", "")
+            bounds = fields[name].metadata.get("bounds")
+            if bounds is not None:
+                text = f"{text} (range: {_range_text(bounds)})".strip()
             if text:
                 lines.extend(
                     textwrap.wrap(
