@@ -89,37 +89,41 @@ NAME = "dreamer"
 class Config(RunConfig):
     """Dreamer v1: RSSM world model, actor and value learned in latent imagination."""
 
-    env_steps: int = cfg(20_000, "Real environment steps in total (action repeats included).")
+    env_steps: int = cfg(20_000, "Real environment steps in total (action repeats included).", low=1)
     pixels: bool = cfg(False, "Learn from 64x64 rendered frames instead of the state vector.")
-    action_repeat: int = cfg(2, "Env steps per agent action (rewards summed).")
-    max_episode_steps: int = cfg(200, "Env steps per episode.")
-    seed_episodes: int = cfg(5, "Episodes of uniform random actions collected first.")
-    train_ratio: float = cfg(0.2, "Gradient updates per agent step collected.")
-    batch_size: int = cfg(50, "Sequences per update.")
-    batch_length: int = cfg(50, "Steps per sequence.")
-    state_dim: int = cfg(30, "Stochastic state size.")
-    belief_dim: int = cfg(200, "Deterministic belief (GRU) size.")
-    hidden: int = cfg(200, "Hidden units of the RSSM, MLP encoder/decoder and heads.")
-    actor_hidden: int = cfg(400, "Hidden units of the actor and value MLPs.")
+    action_repeat: int = cfg(2, "Env steps per agent action (rewards summed).", low=1)
+    max_episode_steps: int = cfg(200, "Env steps per episode (at least action_repeat).", low=1)
+    seed_episodes: int = cfg(5, "Episodes of uniform random actions collected first.", low=1)
+    train_ratio: float = cfg(0.2, "Gradient updates per agent step collected (at least one update "
+                             "per batch).", low=0, low_open=True)
+    batch_size: int = cfg(50, "Sequences per update.", low=1)
+    batch_length: int = cfg(50, "Steps per sequence (at most buffer_size).", low=1)
+    state_dim: int = cfg(30, "Stochastic state size.", low=1)
+    belief_dim: int = cfg(200, "Deterministic belief (GRU) size.", low=1)
+    hidden: int = cfg(200, "Hidden units of the RSSM, MLP encoder/decoder and heads.", low=1)
+    actor_hidden: int = cfg(400, "Hidden units of the actor and value MLPs.", low=1)
     cnn_channels: int = cfg(32, "Filters of the first pixel-encoder convolution (doubled per "
-                            "layer; the decoder mirrors it).")
-    imagination_horizon: int = cfg(15, "Imagined steps per actor/value update.")
+                            "layer; the decoder mirrors it).", low=1)
+    imagination_horizon: int = cfg(15, "Imagined steps per actor/value update.", low=1)
     reward_scale: float = cfg(1.0, "Factor on stored rewards (the model, actor and value see "
-                              "scaled rewards; logged returns stay in env units).")
-    gamma: float = cfg(0.99, "Discount.")
-    lmbda: float = cfg(0.95, "Lambda of the lambda-returns.")
-    free_nats: float = cfg(3.0, "KL free nats.")
+                              "scaled rewards; logged returns stay in env units).", low=0,
+                              low_open=True)
+    gamma: float = cfg(0.99, "Discount.", low=0, high=1, low_open=True)
+    lmbda: float = cfg(0.95, "Lambda of the lambda-returns.", low=0, high=1)
+    free_nats: float = cfg(3.0, "KL free nats.", low=0)
     entropy_weight: float = cfg(0.0, "Weight of the actor's entropy bonus (0: Dreamer v1); keeps "
-                                "the tanh-Gaussian actor out of saturation.")
-    model_lr: float = cfg(6e-4, "World-model Adam learning rate.")
-    actor_lr: float = cfg(8e-5, "Actor Adam learning rate.")
-    value_lr: float = cfg(8e-5, "Value Adam learning rate.")
-    grad_clip: float = cfg(100.0, "Gradient-norm clip of every optimiser.")
-    exploration_noise: float = cfg(0.3, "Std of Gaussian action noise while collecting (fraction of the action range).")
-    eval_every: int = cfg(2000, "Evaluate every this many env steps.")
-    eval_episodes: int = cfg(5, "Episodes per evaluation.")
-    buffer_size: int = cfg(1_000_000, "Replay capacity (agent steps).")
-    checkpoint_every: int = cfg(2000, "Checkpoint every this many env steps.")
+                                "the tanh-Gaussian actor out of saturation.", low=0)
+    model_lr: float = cfg(6e-4, "World-model Adam learning rate.", low=0, low_open=True)
+    actor_lr: float = cfg(8e-5, "Actor Adam learning rate.", low=0, low_open=True)
+    value_lr: float = cfg(8e-5, "Value Adam learning rate.", low=0, low_open=True)
+    grad_clip: float = cfg(100.0, "Gradient-norm clip of every optimiser.", low=0, low_open=True)
+    exploration_noise: float = cfg(0.3, "Std of Gaussian action noise while collecting (fraction of "
+                                   "the action range; 0: none).", low=0)
+    eval_every: int = cfg(2000, "Evaluate every this many env steps (0: only at the end).", low=0)
+    eval_episodes: int = cfg(5, "Episodes per evaluation.", low=1)
+    buffer_size: int = cfg(1_000_000, "Replay capacity (agent steps).", low=1)
+    checkpoint_every: int = cfg(2000, "Checkpoint every this many env steps (0: only at the end).",
+                                low=0)
 
     PRESETS: ClassVar[dict[str, dict[str, object]]] = {
         "debug": {"env_steps": 800, "seed_episodes": 2, "max_episode_steps": 100, "batch_size": 4,
@@ -133,6 +137,16 @@ class Config(RunConfig):
                    "batch_size": 16, "hidden": 100, "belief_dim": 100, "actor_hidden": 100,
                    "cnn_channels": 16, "train_ratio": 1.0, "buffer_size": 10_000},
     }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_episode_steps < self.action_repeat:
+            raise ValueError(
+                f"dreamer: max_episode_steps={self.max_episode_steps} must be >= action_repeat="
+                f"{self.action_repeat} (an episode needs at least one agent step).")
+        if self.batch_length > self.buffer_size:
+            raise ValueError(f"dreamer: batch_length={self.batch_length} must be <= buffer_size="
+                             f"{self.buffer_size} (a replayed sequence must fit in the buffer).")
 
 
 # ----------------------------------------------------------------------------- env

@@ -128,47 +128,54 @@ class Config(RunConfig):
     """DreamerV3: discrete-latent RSSM, symlog/two-hot predictions, actor-critic in imagination."""
 
     env: str = cfg("Pendulum-v1", "Gymnasium task (continuous or discrete actions).")
-    env_steps: int = cfg(20_000, "Real environment steps in total (action repeats included).")
+    env_steps: int = cfg(20_000, "Real environment steps in total (action repeats included).", low=1)
     pixels: bool = cfg(False, "Learn from 64x64 rendered frames instead of the state vector.")
-    action_repeat: int = cfg(1, "Env steps per agent action (rewards summed).")
-    max_episode_steps: int = cfg(0, "Env steps per episode (0: the task's own time limit).")
-    random_steps: int = cfg(1000, "Env steps of uniform random actions collected first.")
-    train_ratio: float = cfg(256.0, "Replayed steps per agent step (batch_size * batch_length per update).")
-    batch_size: int = cfg(16, "Sequences per update.")
-    batch_length: int = cfg(64, "Steps per sequence.")
-    deter: int = cfg(512, "GRU units (the deterministic belief).")
-    hidden: int = cfg(512, "Hidden units of the RSSM and of every MLP.")
-    stoch: int = cfg(32, "Categorical latents.")
-    classes: int = cfg(32, "Classes per categorical latent.")
-    blocks: int = cfg(8, "Blocks of the block-diagonal GRU (divides deter).")
-    mlp_layers: int = cfg(2, "Hidden layers of the encoder, decoder, heads, actor and critic.")
-    cnn_depth: int = cfg(32, "Filters of the first convolution (pixels).")
-    unimix: float = cfg(0.01, "Uniform mix of the latent and action categoricals.")
-    horizon: int = cfg(15, "Imagined steps per actor/critic update.")
+    action_repeat: int = cfg(1, "Env steps per agent action (rewards summed).", low=1)
+    max_episode_steps: int = cfg(0, "Env steps per episode (0: the task's own time limit; else at "
+                                 "least action_repeat).", low=0)
+    random_steps: int = cfg(1000, "Env steps of uniform random actions collected first (0: none).",
+                            low=0)
+    train_ratio: float = cfg(256.0, "Replayed steps per agent step (batch_size * batch_length per update).",
+                             low=0, low_open=True)
+    batch_size: int = cfg(16, "Sequences per update.", low=1)
+    batch_length: int = cfg(64, "Steps per sequence (at most buffer_size).", low=2)
+    deter: int = cfg(512, "GRU units (the deterministic belief).", low=1)
+    hidden: int = cfg(512, "Hidden units of the RSSM and of every MLP.", low=1)
+    stoch: int = cfg(32, "Categorical latents.", low=1)
+    classes: int = cfg(32, "Classes per categorical latent.", low=2)
+    blocks: int = cfg(8, "Blocks of the block-diagonal GRU (divides deter).", low=1)
+    mlp_layers: int = cfg(2, "Hidden layers of the encoder, decoder, heads, actor and critic.", low=1)
+    cnn_depth: int = cfg(32, "Filters of the first convolution (pixels).", low=1)
+    unimix: float = cfg(0.01, "Uniform mix of the latent and action categoricals, below 1.", low=0,
+                        high=1)
+    horizon: int = cfg(15, "Imagined steps per actor/critic update.", low=1)
     imagine_last: int = cfg(0, "Imagine from the posterior latents of the last this many steps of each "
-                            "sequence (0: all batch_length; the authors' imag_last).")
-    gamma: float = cfg(1 - 1 / 333, "Discount (paper: 1 - 1/333).")
-    lmbda: float = cfg(0.95, "Lambda of the lambda-returns.")
-    entropy_weight: float = cfg(3e-4, "Actor entropy regulariser.")
-    free_nats: float = cfg(1.0, "Free bits of the summed KL, per step.")
-    dyn_weight: float = cfg(1.0, "Weight of the dynamics KL (trains the prior).")
-    rep_weight: float = cfg(0.1, "Weight of the representation KL (trains the posterior).")
-    replay_value_weight: float = cfg(0.3, "Weight of the critic loss on replayed sequences.")
-    slow_critic_rate: float = cfg(0.02, "EMA rate of the slow critic per update.")
-    slow_critic_weight: float = cfg(1.0, "Weight of the slow-critic regulariser.")
+                            "sequence (0: all batch_length; the authors' imag_last).", low=0)
+    gamma: float = cfg(1 - 1 / 333, "Discount (paper: 1 - 1/333).", low=0, high=1, low_open=True)
+    lmbda: float = cfg(0.95, "Lambda of the lambda-returns.", low=0, high=1)
+    entropy_weight: float = cfg(3e-4, "Actor entropy regulariser.", low=0)
+    free_nats: float = cfg(1.0, "Free bits of the summed KL, per step.", low=0)
+    dyn_weight: float = cfg(1.0, "Weight of the dynamics KL (trains the prior).", low=0)
+    rep_weight: float = cfg(0.1, "Weight of the representation KL (trains the posterior).", low=0)
+    replay_value_weight: float = cfg(0.3, "Weight of the critic loss on replayed sequences.", low=0)
+    slow_critic_rate: float = cfg(0.02, "EMA rate of the slow critic per update.", low=0, high=1)
+    slow_critic_weight: float = cfg(1.0, "Weight of the slow-critic regulariser.", low=0)
     actor_gradient: Literal["auto", "reinforce", "dynamics"] = cfg(
         "auto", "Actor gradient: auto = dynamics (reparameterised) for continuous, reinforce for discrete actions.")
     precision: Literal["float32", "bfloat16"] = cfg(
         "float32", "Compute dtype of the update's matrix products (bfloat16: torch.autocast, as the "
         "authors compute; parameters and optimiser state stay float32).")
-    lr: float = cfg(4e-5, "LaProp learning rate of the world model, actor and critic.")
-    eps: float = cfg(1e-20, "LaProp epsilon.")
-    agc: float = cfg(0.3, "Adaptive gradient clipping threshold (per parameter tensor).")
-    warmup: int = cfg(1000, "Updates of linear learning-rate warm-up.")
-    eval_every: int = cfg(5000, "Evaluate every this many env steps.")
-    eval_episodes: int = cfg(5, "Episodes per evaluation.")
-    buffer_size: int = cfg(1_000_000, "Replay capacity (agent steps).")
-    checkpoint_every: int = cfg(2000, "Checkpoint every this many env steps.")
+    lr: float = cfg(4e-5, "LaProp learning rate of the world model, actor and critic.", low=0,
+                    low_open=True)
+    eps: float = cfg(1e-20, "LaProp epsilon.", low=0, low_open=True)
+    agc: float = cfg(0.3, "Adaptive gradient clipping threshold (per parameter tensor).", low=0,
+                     low_open=True)
+    warmup: int = cfg(1000, "Updates of linear learning-rate warm-up (0: none).", low=0)
+    eval_every: int = cfg(5000, "Evaluate every this many env steps (0: only at the end).", low=0)
+    eval_episodes: int = cfg(5, "Episodes per evaluation.", low=1)
+    buffer_size: int = cfg(1_000_000, "Replay capacity (agent steps).", low=1)
+    checkpoint_every: int = cfg(2000, "Checkpoint every this many env steps (0: only at the end).",
+                                low=0)
 
     PRESETS: ClassVar[dict[str, dict[str, object]]] = {
         **_SIZES,
@@ -181,29 +188,24 @@ class Config(RunConfig):
                   "checkpoint_every": 100},
     }
 
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, low in (("env_steps", 1), ("batch_size", 1), ("batch_length", 2), ("deter", 1),
-                          ("hidden", 1), ("stoch", 1), ("classes", 2), ("blocks", 1),
-                          ("mlp_layers", 1), ("horizon", 1), ("action_repeat", 1),
-                          ("eval_episodes", 1), ("buffer_size", 1), ("random_steps", 0),
-                          ("max_episode_steps", 0), ("imagine_last", 0), ("warmup", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"dreamer_v3: {name}={value!r}; it must be an integer >= {low}.")
         if self.deter % self.blocks:
             raise ValueError(f"dreamer_v3: deter={self.deter} must be a multiple of blocks={self.blocks}.")
         if self.imagine_last == 1 or self.imagine_last > self.batch_length:
             raise ValueError(f"dreamer_v3: imagine_last={self.imagine_last}; use 0 (all steps) or 2.."
                              f"batch_length={self.batch_length} (the replay critic needs 2 steps).")
-        for name in ("train_ratio", "lr"):
-            value = getattr(self, name)
-            if not 0 < value < float("inf"):
-                raise ValueError(f"dreamer_v3: {name}={value!r}; it must be positive and finite.")
-        if not 0 < self.gamma <= 1 or not 0 <= self.lmbda <= 1:
-            raise ValueError(f"dreamer_v3: gamma={self.gamma} must be in (0, 1] and lmbda={self.lmbda} "
-                             "in [0, 1].")
+        if self.batch_length > self.buffer_size:
+            raise ValueError(f"dreamer_v3: batch_length={self.batch_length} must be <= buffer_size="
+                             f"{self.buffer_size} (a replayed sequence must fit in the buffer).")
+        if 0 < self.max_episode_steps < self.action_repeat:
+            raise ValueError(
+                f"dreamer_v3: max_episode_steps={self.max_episode_steps} must be 0 (the task's "
+                f"limit) or >= action_repeat={self.action_repeat} (an episode needs at least one "
+                "agent step).")
+        if self.unimix >= 1:
+            raise ValueError(f"dreamer_v3: unimix={self.unimix} must be in [0, 1) (a weight of 1 "
+                             "leaves only the uniform distribution).")
 
 
 # ----------------------------------------------------------------------------- env

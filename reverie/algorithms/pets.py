@@ -62,15 +62,18 @@ class Config(RunConfig):
     """PETS: probabilistic ensemble + trajectory sampling + MPC (CEM / MPPI / iCEM)."""
 
     episodes: int = cfg(15, "Collection batches of max_episode_steps steps in total (one episode each; "
-                           "episodes that end early are followed by new ones in the batch), random ones included.")
-    random_episodes: int = cfg(1, "Batches of uniform random actions collected first.")
-    max_episode_steps: int = cfg(200, "Steps per real episode (at most).")
-    eval_episodes: int = cfg(5, "Planner episodes of the final evaluation.")
+                           "episodes that end early are followed by new ones in the batch), random ones "
+                           "included (more than random_episodes).", low=1)
+    random_episodes: int = cfg(1, "Batches of uniform random actions collected first (the ensemble "
+                               "is first fitted on them).", low=1)
+    max_episode_steps: int = cfg(200, "Steps per real episode (at most).", low=1)
+    eval_episodes: int = cfg(5, "Planner episodes of the final evaluation.", low=1)
     # model
-    num_members: int = cfg(5, "Ensemble members.")
-    num_elites: int = cfg(5, "Members used for planning (best holdout MSE).")
-    hidden: int = cfg(128, "Hidden units per layer of every member.")
-    depth: int = cfg(3, "Hidden layers per member.")
+    num_members: int = cfg(5, "Ensemble members.", low=1)
+    num_elites: int = cfg(5, "Members used for planning (best holdout MSE; at most num_members).",
+                          low=1)
+    hidden: int = cfg(128, "Hidden units per layer of every member.", low=1)
+    depth: int = cfg(3, "Hidden layers per member.", low=1)
     propagation: Literal["fixed", "random", "mean"] = cfg(
         "fixed", "Member choice per particle: fixed (TS-inf), random every step (TS-1), mean."
     )
@@ -78,23 +81,27 @@ class Config(RunConfig):
         "known", "Known reward function of the task (PETS convention) or a learned r(s, a)."
     )
     # fitting
-    lr: float = cfg(1e-3, "Adam learning rate of the ensemble (and reward head).")
-    weight_decay: float = cfg(5e-5, "Adam weight decay.")
-    batch_size: int = cfg(256, "Transitions per member per gradient step.")
-    max_epochs: int = cfg(50, "Most epochs per fit (early stopping on holdout MSE).")
-    patience: int = cfg(5, "Epochs without holdout improvement before stopping.")
-    holdout: float = cfg(0.1, "Fraction of the data held out to stop early and rank elites.")
+    lr: float = cfg(1e-3, "Adam learning rate of the ensemble (and reward head).", low=0, low_open=True)
+    weight_decay: float = cfg(5e-5, "Adam weight decay.", low=0)
+    batch_size: int = cfg(256, "Transitions per member per gradient step.", low=1)
+    max_epochs: int = cfg(50, "Most epochs per fit (early stopping on holdout MSE).", low=1)
+    patience: int = cfg(5, "Epochs without holdout improvement before stopping.", low=1)
+    holdout: float = cfg(0.1, "Fraction of the data held out to stop early and rank elites, below 1 "
+                         "(0: no early stopping, elites ranked by training MSE).", low=0, high=1)
     # planning
     planner: Literal["cem", "mppi", "icem"] = cfg("cem", "Trajectory optimiser.")
-    horizon: int = cfg(15, "Planning horizon (imagined steps).")
-    particles: int = cfg(5, "Trajectory samples per candidate (a multiple of num_elites).")
-    candidates: int = cfg(200, "Action sequences per planner iteration.")
-    elites: int = cfg(20, "CEM/iCEM elite sequences.")
-    iterations: int = cfg(4, "Planner iterations per decision.")
-    mppi_temperature: float = cfg(1.0, "MPPI temperature (in units of imagined return).")
-    diagnostics_horizon: int = cfg(50, "Open-loop horizon of the diagnostics.")
-    buffer_size: int = cfg(1_000_000, "Replay buffer capacity (transitions).")
-    checkpoint_every: int = cfg(1, "Checkpoint every this many env steps (after each episode).")
+    horizon: int = cfg(15, "Planning horizon (imagined steps).", low=1)
+    particles: int = cfg(5, "Trajectory samples per candidate (with propagation=fixed, a multiple of "
+                         "num_elites).", low=1)
+    candidates: int = cfg(200, "Action sequences per planner iteration.", low=1)
+    elites: int = cfg(20, "CEM/iCEM elite sequences (at most candidates).", low=1)
+    iterations: int = cfg(4, "Planner iterations per decision.", low=1)
+    mppi_temperature: float = cfg(1.0, "MPPI temperature (in units of imagined return).", low=0,
+                                  low_open=True)
+    diagnostics_horizon: int = cfg(50, "Open-loop horizon of the diagnostics.", low=1)
+    buffer_size: int = cfg(1_000_000, "Replay buffer capacity (transitions).", low=1)
+    checkpoint_every: int = cfg(1, "Checkpoint every this many env steps (after each episode; 0: only "
+                                "at the end).", low=0)
 
     PRESETS: ClassVar[dict[str, dict[str, object]]] = {
         "debug": {
@@ -107,6 +114,28 @@ class Config(RunConfig):
             "iterations": 5, "horizon": 30,
         },
     }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.episodes <= self.random_episodes:
+            raise ValueError(
+                f"pets: episodes={self.episodes} must be more than random_episodes="
+                f"{self.random_episodes} (episodes counts the random ones; at least one must be "
+                "a planner episode).")
+        if self.num_elites > self.num_members:
+            raise ValueError(f"pets: num_elites={self.num_elites} must be <= num_members="
+                             f"{self.num_members}.")
+        if self.planner in ("cem", "icem") and self.elites > self.candidates:
+            raise ValueError(f"pets: elites={self.elites} must be <= candidates={self.candidates} "
+                             f"(planner={self.planner}).")
+        if self.propagation == "fixed" and self.particles % self.num_elites:
+            raise ValueError(
+                f"pets: particles={self.particles} must be a multiple of num_elites="
+                f"{self.num_elites} with propagation=fixed (each candidate's particles cover "
+                "every elite equally).")
+        if self.holdout >= 1:
+            raise ValueError(f"pets: holdout={self.holdout} must be in [0, 1) (a fraction of the "
+                             "data; the rest trains the ensemble).")
 
 
 # ----------------------------------------------------------------------------- model

@@ -64,20 +64,25 @@ class Config(RunConfig):
     """PILCO: GP dynamics, moment-matching policy evaluation, analytic policy gradients."""
 
     env: str = cfg("reverie/CartPoleSwingUp-v0", f"Task, one of: {', '.join(['reverie/CartPoleSwingUp-v0', 'Pendulum-v1', 'InvertedPendulum-v5'])}.")
-    trials: int = cfg(15, "Controller trials on the real env (after the random ones).")
-    random_trials: int = cfg(1, "Trials with uniform random actions collected first.")
-    trial_steps: int = cfg(0, "Real steps per trial (0: the task's default).")
-    horizon: int = cfg(0, "Imagined steps per policy evaluation (0: trial_steps).")
-    n_basis: int = cfg(0, "RBF controller basis functions (0: the task's default).")
-    max_gp_points: int = cfg(300, "Most recent transitions the GP conditions on (cost O(n^2) per step).")
-    gp_max_iter: int = cfg(300, "L-BFGS-B iterations of the GP hyper-parameter fit.")
-    policy_lengthscale: float = cfg(0.0, "Initial length-scale of the RBF basis functions (0: the task's, PILCO's 1 and 0.7 on sines/cosines).")
+    trials: int = cfg(15, "Controller trials on the real env (after the random ones).", low=1)
+    random_trials: int = cfg(1, "Trials with uniform random actions collected first (the GP is "
+                             "first fitted on them).", low=1)
+    trial_steps: int = cfg(0, "Real steps per trial (0: the task's default).", low=0)
+    horizon: int = cfg(0, "Imagined steps per policy evaluation (0: trial_steps).", low=0)
+    n_basis: int = cfg(0, "RBF controller basis functions (0: the task's default).", low=0)
+    max_gp_points: int = cfg(300, "Most recent transitions the GP conditions on (cost O(n^2) per step).",
+                             low=1)
+    gp_max_iter: int = cfg(300, "L-BFGS-B iterations of the GP hyper-parameter fit.", low=1)
+    policy_lengthscale: float = cfg(0.0, "Initial length-scale of the RBF basis functions (0: the task's, PILCO's 1 and 0.7 on sines/cosines).",
+                                    low=0)
     optimizer: Literal["lbfgs", "adam"] = cfg("lbfgs", "Policy optimiser.")
-    policy_iters: int = cfg(150, "Imagined-cost evaluations per trial (L-BFGS evaluations or Adam steps).")
-    lr: float = cfg(0.01, "Adam learning rate (optimizer=adam).")
+    policy_iters: int = cfg(150, "Imagined-cost evaluations per trial (L-BFGS evaluations or Adam steps).",
+                            low=1)
+    lr: float = cfg(0.01, "Adam learning rate (optimizer=adam).", low=0, low_open=True)
     stop_when_solved: bool = cfg(True, "End training at the first solved trial.")
-    eval_episodes: int = cfg(3, "Evaluation episodes (fresh start states) at the end.")
-    checkpoint_every: int = cfg(1, "Checkpoint every this many env steps (after each trial).")
+    eval_episodes: int = cfg(3, "Evaluation episodes (fresh start states) at the end.", low=1)
+    checkpoint_every: int = cfg(1, "Checkpoint every this many env steps (after each trial; 0: only "
+                                "at the end).", low=0)
 
     PRESETS: ClassVar[dict[str, dict[str, object]]] = {
         "debug": {"trials": 2, "trial_steps": 10, "n_basis": 5, "max_gp_points": 40,

@@ -57,19 +57,22 @@ NAME = "worldmodel"
 class Config(RunConfig):
     """Fit a world model to real transitions, act with MPC in imagination, report diagnostics."""
 
-    random_episodes: int = cfg(5, "Episodes of uniform random actions collected first.")
-    iterations: int = cfg(5, "Fit-then-collect iterations with the MPC policy.")
-    max_episode_steps: int = cfg(200, "Steps per real episode.")
-    hidden: int = cfg(200, "Hidden units of the dynamics and reward MLPs.")
-    fit_steps: int = cfg(600, "Gradient steps per fit.")
-    batch_size: int = cfg(256, "Transitions per gradient step.")
-    lr: float = cfg(1e-3, "Adam learning rate.")
-    plan_candidates: int = cfg(256, "Action sequences scored per MPC decision.")
-    plan_horizon: int = cfg(15, "Imagined steps per action sequence.")
-    diagnostics_horizon: int = cfg(50, "Open-loop horizon H of the diagnostics (1..H).")
-    eval_episodes: int = cfg(3, "MPC episodes of the final evaluation.")
-    buffer_size: int = cfg(100_000, "Replay buffer capacity (transitions).")
-    checkpoint_every: int = cfg(200, "Checkpoint every this many env steps (once per episode).")
+    random_episodes: int = cfg(5, "Episodes of uniform random actions collected first (the "
+                               "model is first fitted on them).", low=1)
+    iterations: int = cfg(5, "Fit-then-collect iterations with the MPC policy.", low=1)
+    max_episode_steps: int = cfg(200, "Steps per real episode.", low=1)
+    hidden: int = cfg(200, "Hidden units of the dynamics and reward MLPs.", low=1)
+    fit_steps: int = cfg(600, "Gradient steps per fit.", low=1)
+    batch_size: int = cfg(256, "Transitions per gradient step.", low=1)
+    lr: float = cfg(1e-3, "Adam learning rate.", low=0, low_open=True)
+    plan_candidates: int = cfg(256, "Action sequences scored per MPC decision.", low=1)
+    plan_horizon: int = cfg(15, "Imagined steps per action sequence.", low=1)
+    diagnostics_horizon: int = cfg(50, "Open-loop horizon H of the diagnostics (1..H).", low=1)
+    eval_episodes: int = cfg(3, "MPC episodes of the final evaluation.", low=1)
+    buffer_size: int = cfg(100_000, "Replay buffer capacity (transitions; the normaliser needs 2).",
+                           low=2)
+    checkpoint_every: int = cfg(200, "Checkpoint every this many env steps (once per episode; 0: "
+                                "only at the end).", low=0)
 
     PRESETS: ClassVar[dict[str, dict[str, object]]] = {
         "debug": {
@@ -78,6 +81,15 @@ class Config(RunConfig):
             "checkpoint_every": 60, "eval_episodes": 1,
         },
     }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        first = self.random_episodes * self.max_episode_steps
+        if first < 2:
+            raise ValueError(
+                f"worldmodel: random_episodes={self.random_episodes} x max_episode_steps="
+                f"{self.max_episode_steps} = {first} transition; the first fit needs at least 2 "
+                "(the normaliser's standard deviation).")
 
 
 # ----------------------------------------------------------------------------- model
