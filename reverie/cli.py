@@ -31,6 +31,7 @@ from reverie.runs import (
     CheckpointError,
     ResumeError,
     Run,
+    RunFolderError,
     RunLockedError,
     config_from_dict,
     format_help,
@@ -157,7 +158,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
 def _read_run(run_dir: str) -> tuple[str, dict]:
     try:
         return read_run_info(run_dir)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, RunFolderError) as err:
         raise _UsageError(str(err)) from None
 
 
@@ -232,7 +233,8 @@ def _train(args: argparse.Namespace, extra: list[str], parser: argparse.Argument
     Run.last_dir = None
     try:
         module.train(config)
-    except (ResumeError, CheckpointError, RunLockedError, TaskError, gym_error.Error) as err:
+    except (ResumeError, CheckpointError, RunFolderError, RunLockedError, TaskError,
+            gym_error.Error) as err:
         print(f"error: {err}", file=sys.stderr)  # e.g. an unknown env id; no folder is left
         return 2
     except KeyboardInterrupt:

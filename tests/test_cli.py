@@ -224,3 +224,33 @@ def test_two_processes_on_one_run_folder_the_second_is_refused(tmp_path, capsys)
     assert after == before
     holder.close()  # released (a killed process releases it too)
     assert main(["train", "--resume", str(run_dir), "stop_after=none"]) == 0
+
+
+def test_a_damaged_config_json_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "toy", *DEBUG, "total_steps=8", f"run_dir={run}"]) == 0
+    text = (run / "config.json").read_text()
+    (run / "config.json").write_text(text[: len(text) // 2])  # truncated
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "config.json is damaged (JSONDecodeError" in capsys.readouterr().err
+    assert main(["eval", str(run)]) == 2
+
+
+def test_a_file_or_a_read_only_folder_as_run_dir(tmp_path, capsys, monkeypatch):
+    import os
+
+    import reverie.runs.run as run_module
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["train", "toy", *DEBUG, f"run_dir={a_file}"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    real_access = os.access  # root may write anywhere: the permission answer is simulated
+    monkeypatch.setattr(run_module.os, "access",
+                        lambda p, mode: False if str(p) == str(locked) else real_access(p, mode))
+    assert main(["train", "toy", *DEBUG, f"run_dir={locked}"]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    assert list(locked.iterdir()) == []

@@ -255,3 +255,14 @@ def test_model_loss_keys_are_named_for_what_they_hold():
     old_names = loss(batch)[0]["loss_model_reco"]
     torch.manual_seed(0)
     torch.testing.assert_close(old_names, model_loss(world_model)(batch)[0]["loss_model_reco"])
+
+
+def test_dreamer_env_without_an_action_spec_says_how_to_give_one():
+    from tensordict.nn import TensorDictSequential
+
+    prior = TensorDictModule(RSSMPrior(action_dim=1, hidden_dim=8, rnn_hidden_dim=6, state_dim=3),
+                             ["state", "belief", "action"], ["prior_mean", "prior_std", "state", "belief"])
+    reward = TensorDictModule(lambda s, b: s.sum(-1, keepdim=True), ["state", "belief"], ["reward"])
+    env = DreamerEnv(TensorDictSequential(prior, reward), (3,), (6,))
+    with pytest.raises(RuntimeError, match="no action spec.*set_specs_from_env"):
+        env.rollout(3)

@@ -294,3 +294,28 @@ def test_scan_leaves_unused_heads_without_gradient_like_the_loop():
         else:
             torch.testing.assert_close(grads[1][n], ref, rtol=1e-4, atol=1e-6, msg=n)
     assert grads[0]["rssm_prior.module.rnn_to_prior_projector.0.weight"] is None
+
+
+@pytest.mark.parametrize("bad", ["embedding_width", "action_width", "is_init"])
+def test_rollout_input_shapes_are_checked_with_the_key_named(bad):
+    from tensordict import TensorDict
+    from tensordict.nn import TensorDictModule
+
+    from reverie.modules import RSSMPosterior, RSSMPrior, RSSMRollout
+
+    prior = TensorDictModule(RSSMPrior(action_dim=2, hidden_dim=8, rnn_hidden_dim=8, state_dim=3),
+                             ["state", "belief", "action"],
+                             [("next", "pm"), ("next", "ps"), "_", ("next", "belief")])
+    post = TensorDictModule(RSSMPosterior(hidden_dim=8, state_dim=3, rnn_hidden_dim=8, obs_embed_dim=5),
+                            [("next", "belief"), ("next", "embedding")],
+                            [("next", "qm"), ("next", "qs"), ("next", "state")])
+    td = TensorDict({"action": torch.randn(4, 6, 2 + (bad == "action_width")),
+                     ("next", "embedding"): torch.randn(4, 6, 5 + 2 * (bad == "embedding_width"))},
+                    [4, 6])
+    if bad == "is_init":
+        td["is_init"] = torch.zeros(4, 6, 2, dtype=torch.bool)
+    key = {"embedding_width": r"\('next', 'embedding'\) has shape \(4, 6, 7\)",
+           "action_width": r"'action' has shape \(4, 6, 3\)",
+           "is_init": r"'is_init' has shape \(4, 6, 2\)"}[bad]
+    with pytest.raises(ValueError, match=key):
+        RSSMRollout(prior, post)(td)

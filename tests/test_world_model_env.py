@@ -436,3 +436,23 @@ def test_fast_random_actions_follow_bounds_changed_after_the_first_draw():
         assert torch.equal(sample(torch.Size([256])), expected)
         spec.space.low = torch.full((4,), 0.5)  # replaced
         spec.space.high = torch.full((4,), 0.75)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_wrong_action_width_names_the_component_and_the_shapes(fast):
+    """The world model was built for 1-d actions; the spec says 2: the error names the
+    module, its input keys and their shapes, on both rollout paths."""
+    from torchrl.data import Bounded
+
+    from reverie.modules.components import ComponentError
+
+    wm = WorldModel(
+        TensorDictModule(torch.nn.Linear(3, 4), ["observation"], ["latent"]),
+        TensorDictModule(torch.nn.Linear(4 + 1, 4), ["latent", "action"], [("next", "latent")]),
+        TensorDictModule(torch.nn.Linear(4, 1), [("next", "latent")], [("next", "reward")]))
+    env = WorldModelEnv(wm, action_spec=Bounded(-1, 1, (2,)), latent_spec=Unbounded((4,)))
+    env.fast_rollout = fast
+    start = TensorDict({"latent": torch.zeros(5, 4)}, [5])
+    with pytest.raises(ComponentError, match=r"'action' \(5, 2\)") as info:
+        env.rollout(3, tensordict=start)
+    assert "'latent' (5, 4)" in str(info.value)

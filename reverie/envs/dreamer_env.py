@@ -95,7 +95,14 @@ class DreamerEnv(ModelBasedEnvBase):
             spec = spec[(0,) * len(env.batch_size)]
         self.action_spec = spec.clone().expand(*self.batch_size, *spec.shape).to(self.device)
 
+    def _require_action_spec(self) -> None:
+        if not list(self.full_action_spec.keys(True, True)):
+            raise RuntimeError(
+                "DreamerEnv has no action spec: pass action_spec=... at construction or call "
+                "env.set_specs_from_env(real_env) before resetting, stepping or rolling out.")
+
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._require_action_spec()
         out = self.run_world_model(tensordict.copy())
         missing = [k for k in ("state", "belief", "reward") if k not in out.keys()]
         if missing:
@@ -114,6 +121,7 @@ class DreamerEnv(ModelBasedEnvBase):
         return result
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        self._require_action_spec()
         lead = self.batch_size if tensordict is None else tensordict.batch_size
         state = belief = None
         if tensordict is not None:

@@ -24,7 +24,7 @@ from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequ
 from tensordict.utils import NestedKey, unravel_key
 from torchrl.data import Bounded, Composite
 
-from reverie.modules.components import concatenates_inputs
+from reverie.modules.components import ComponentError, concatenates_inputs
 from reverie.modules.world_model import _STEP_ORDER, WorldModelStep
 
 __all__ = ["plain_modules", "fast_rollout"]
@@ -83,12 +83,19 @@ def _compile_calls(modules: list[TensorDictModule]) -> list[tuple]:
 def _run(calls: list[tuple], values: dict) -> None:
     """Run compiled module calls on ``values`` (a ``{key: tensor}`` dict), writing their outputs."""
     for fn, in_keys, out_keys, cat in calls:
-        if cat:
-            out = fn(torch.cat([values[k] for k in in_keys], dim=-1))
-        elif len(in_keys) == 1:
-            out = fn(values[in_keys[0]])
-        else:
-            out = fn(*[values[k] for k in in_keys])
+        try:
+            if cat:
+                out = fn(torch.cat([values[k] for k in in_keys], dim=-1))
+            elif len(in_keys) == 1:
+                out = fn(values[in_keys[0]])
+            else:
+                out = fn(*[values[k] for k in in_keys])
+        except RuntimeError as err:
+            shapes = ", ".join(f"{k!r} {tuple(values[k].shape)}" for k in in_keys if k in values)
+            raise ComponentError(
+                f"the module {type(fn).__name__} reading {list(in_keys)} and writing "
+                f"{list(out_keys)} failed on its inputs {shapes}: {err}. Check that these "
+                "shapes are what it was built for (e.g. the latent or action width).") from err
         if isinstance(out, torch.Tensor):
             values[out_keys[0]] = out
         else:

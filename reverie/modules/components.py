@@ -17,7 +17,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from tensordict.utils import unravel_key
 
-__all__ = ["call_component", "concatenates_inputs"]
+__all__ = ["ComponentError", "call_component", "concatenates_inputs"]
 
 _CONCAT_ATTR = "_reverie_concat_inputs"
 
@@ -67,6 +67,23 @@ def _missing_keys(component: TensorDictModuleBase, td: TensorDictBase) -> list:
     return [key for key in component.in_keys if unravel_key(key) not in keys]
 
 
+class ComponentError(RuntimeError):
+    """A component failed on its inputs (e.g. a width that does not match its layers)."""
+
+
+def _failed(name: str, component: TensorDictModuleBase, td: TensorDictBase,
+            err: RuntimeError) -> ComponentError:
+    shapes = []
+    for key in component.in_keys:
+        value = td.get(key, None)
+        if isinstance(value, torch.Tensor):
+            shapes.append(f"{unravel_key(key)!r} {tuple(value.shape)} {value.dtype}")
+    return ComponentError(
+        f"{name} failed on its inputs {', '.join(shapes) or '(none)'}: {err}. Check that "
+        f"these shapes are what {name} was built for (feature sizes, e.g. the latent or "
+        "action width, and batch dims).")
+
+
 def call_component(name: str, component: TensorDictModuleBase, td: TensorDictBase) -> TensorDictBase:
     """Run ``component`` on ``td`` (in place, returns ``td``).
 
@@ -77,6 +94,8 @@ def call_component(name: str, component: TensorDictModuleBase, td: TensorDictBas
 
     Raises:
         KeyError: an input key is missing; the message names the component and the key.
+        ComponentError: the component raised a ``RuntimeError`` (e.g. mismatched widths);
+            the message names the component and the shape and dtype of every input.
     """
     missing = None
     if _plain(component):  # read, call, write: TensorDictModule's dispatch costs more than the call
@@ -84,10 +103,13 @@ def call_component(name: str, component: TensorDictModuleBase, td: TensorDictBas
         if any(x is None for x in inputs):
             missing = _missing_keys(component, td)
         else:
-            if concatenates_inputs(component):
-                out = component.module(torch.cat(inputs, dim=-1))
-            else:
-                out = component.module(*inputs)
+            try:
+                if concatenates_inputs(component):
+                    out = component.module(torch.cat(inputs, dim=-1))
+                else:
+                    out = component.module(*inputs)
+            except RuntimeError as err:
+                raise _failed(name, component, td, err) from err
             if isinstance(out, torch.Tensor):
                 out = (out,)
             for key, value in zip(component.out_keys, out, strict=True):
@@ -100,6 +122,8 @@ def call_component(name: str, component: TensorDictModuleBase, td: TensorDictBas
             missing = _missing_keys(component, td)
             if not missing:
                 raise
+        except RuntimeError as err:
+            raise _failed(name, component, td, err) from err
     raise KeyError(
         f"{name} needs the input key(s) {missing}, which are not in the tensordict "
         f"(it holds {sorted(map(str, td.keys(True, True)))}). Write them before the call, "

@@ -290,6 +290,7 @@ class RSSMRollout(TensorDictModuleBase):
         *lead, T = tensordict.batch_size
         action = tensordict.get(self.action_key)
         embedding = tensordict.get(self.embed_key)
+        self._check_inputs(action, embedding, tensordict.get("is_init", None), (*lead, T))
         ref = embedding if embedding.is_floating_point() else action
         state0 = self._initial(tensordict, self.state_key, self.state_dim, lead, ref)
         belief0 = self._initial(tensordict, self.belief_key, self.belief_dim, lead, ref)
@@ -312,6 +313,28 @@ class RSSMRollout(TensorDictModuleBase):
         if self.belief_key != self.next_belief_key:
             tensordict.set(self.belief_key, entering[1].movedim(0, t_dim))
         return tensordict
+
+    def _check_inputs(self, action: Tensor, embedding: Tensor, is_init, batch: tuple) -> None:
+        """Shapes of the action, the embedding and ``is_init`` against ``[*B, T]`` and the
+        sizes the prior and posterior were built for, before any step runs."""
+        prior, posterior = self.rssm_prior.module, self.rssm_posterior.module
+        first = posterior.obs_rnn_to_post_projector[0]
+        embed_dim = (first.in_features - self.belief_dim
+                     if isinstance(first, torch.nn.Linear)
+                     and not isinstance(first, torch.nn.modules.lazy.LazyModuleMixin) else None)
+        for key, value, width in ((self.action_key, action, prior.action_dim),
+                                  (self.embed_key, embedding, embed_dim)):
+            if value.ndim < 1 or tuple(value.shape[:-1]) != batch or (
+                    width is not None and value.shape[-1] != width):
+                raise ValueError(
+                    f"RSSMRollout: {key!r} has shape {tuple(value.shape)}; expected "
+                    f"[*B, T, {width if width is not None else 'E'}] = "
+                    f"{(*batch, width if width is not None else 'E')} (batch [*B, T] = {batch}"
+                    f"{'' if width is None else f', width {width} as the module was built for'}).")
+        if is_init is not None and tuple(is_init.shape) not in (batch, (*batch, 1)):
+            raise ValueError(
+                f"RSSMRollout: 'is_init' has shape {tuple(is_init.shape)}; expected {batch} or "
+                f"{(*batch, 1)} (one flag per step, as torchrl's InitTracker writes it).")
 
     def _initial(self, td, key, dim, lead, ref) -> Tensor:
         value = td.get(key, None)

@@ -31,11 +31,12 @@ from .config import (
     resolve_config,
 )
 from .plots import plot_learning_curves, read_metrics
-from .run import Run, RunLockedError, read_run_info
+from .run import Run, RunFolderError, RunLockedError, read_run_info
 from .seeds import collect_results, run_seeds
 
 __all__ = [
     "RunLockedError",
+    "RunFolderError",
     "RunConfig",
     "cfg",
     "cfg_factory",

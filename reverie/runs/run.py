@@ -59,6 +59,11 @@ LOCK_FILE = ".lock"
 
 class RunLockedError(RuntimeError):
     """Another process holds the run folder (see :meth:`Run._lock`)."""
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used: ``run_dir`` is a file or not writable, or its
+    ``config.json`` is damaged."""
 CURVE_FILE = "learning_curve.png"
 _NOT_RESUMED = ("resume", "run_dir")
 
@@ -71,12 +76,20 @@ def read_run_info(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: if ``run_dir`` is not a run folder.
+        RunFolderError: ``config.json`` is truncated or not a run's config.
     """
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a reverie run folder (no {CONFIG_FILE} in it).")
-    data = json.loads(path.read_text())
-    return data["algo"], data["config"]
+    try:
+        data = json.loads(path.read_text())
+        return data["algo"], dict(data["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise RunFolderError(
+            f"{path} is damaged ({type(err).__name__}: {err}): it is not the JSON object "
+            '{"algo": ..., "config": {...}} that a run writes. Restore it (each seed folder of '
+            "`reverie seeds` also records its command in provenance.json) or start a new run."
+        ) from err
 
 
 def _to_float(value: Any) -> float:
@@ -239,8 +252,16 @@ class Run:
                     f"{path} already holds a run. Continue it with `resume={path}` "
                     "(reverie train --resume ...) or choose another run_dir."
                 )
+            if path.exists() and not path.is_dir():
+                raise RunFolderError(f"run_dir={path} is a file, not a folder: give a folder path.")
             self.created_dir = not path.exists()
-            path.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise RunFolderError(f"run_dir={path} cannot be created: {err}.") from err
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise RunFolderError(
+                    f"run_dir={path} is not writable: choose a folder you can write to.")
             return path
         env = config.env.replace("/", "-").replace(":", "-")
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-s{config.seed}"
