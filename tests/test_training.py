@@ -184,6 +184,8 @@ def _rows(run_dir):
     (pets, pets.PETSAgent, ["checkpoint_every=40"], 3),
     (pilco, pilco.PILCOAgent, ["checkpoint_every=10", "trials=2", "stop_when_solved=false"], 2),
     (dreamer_v3, dreamer_v3.DreamerV3Agent, ["checkpoint_every=100", "env_steps=400"], 2),
+    (dreamer, dreamer.DreamerAgent, ["checkpoint_every=400"], 2),
+    (world_model, world_model.WorldModelAgent, ["checkpoint_every=40", "iterations=2"], 2),
 ])
 def test_kill_and_resume_gives_the_uninterrupted_run(tmp_path, monkeypatch, recipe, agent_cls,
                                                      overrides, kill_at):
