@@ -40,7 +40,7 @@ from reverie.runs import (
     resolve_config,
 )
 from reverie.runs.seeds import run_seeds
-from reverie.training import TaskError, evaluate_run
+from reverie.training import DeviceError, TaskError, evaluate_run
 
 __all__ = ["main"]
 
@@ -233,8 +233,8 @@ def _train(args: argparse.Namespace, extra: list[str], parser: argparse.Argument
     Run.last_dir = None
     try:
         module.train(config)
-    except (ResumeError, CheckpointError, RunFolderError, RunLockedError, TaskError,
-            gym_error.Error) as err:
+    except (ResumeError, CheckpointError, DeviceError, FileExistsError, RunFolderError,
+            RunLockedError, TaskError, gym_error.Error) as err:
         print(f"error: {err}", file=sys.stderr)  # e.g. an unknown env id; no folder is left
         return 2
     except KeyboardInterrupt:
@@ -253,7 +253,7 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         summary, folder = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed,
                                        device=args.device, overrides=args.overrides)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
         raise _UsageError(str(err)) from None
     print(f"Evaluation of {args.run_dir} ({algo}):")
     for name, value in summary.items():

@@ -254,3 +254,49 @@ def test_a_file_or_a_read_only_folder_as_run_dir(tmp_path, capsys, monkeypatch):
     assert main(["train", "toy", *DEBUG, f"run_dir={locked}"]) == 2
     assert "is not writable" in capsys.readouterr().err
     assert list(locked.iterdir()) == []
+
+
+def test_more_user_errors_exit_2_with_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "toy", *DEBUG, "total_steps=8", f"run_dir={run}"]) == 0
+    capsys.readouterr()
+    assert main(["train", "toy", *DEBUG, f"run_dir={run}"]) == 2  # already holds a run
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "toy", *DEBUG, "device=cuda:7", f"run_dir={tmp_path / 'r2'}"]) == 2
+    assert "device='cuda:7' is not available" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
+    assert main(["eval", str(run), "obs_dim=5"]) == 2  # a model size the checkpoint lacks
+    assert "does not fit the model" in capsys.readouterr().err
+    (run / "checkpoint.pt").write_bytes(b"garbage")
+    assert main(["eval", str(run)]) == 2
+    assert "checkpoint.pt" in capsys.readouterr().err
+
+
+def test_a_nan_from_the_environment_is_never_stored(tmp_path, monkeypatch):
+    import toy_recipe
+
+    from reverie.validation import NonFiniteError
+
+    real_sample, calls = toy_recipe.ToyEnv._sample, {"n": 0}
+
+    def sample(self):
+        calls["n"] += 1
+        td = real_sample(self)
+        if calls["n"] == 30:
+            td["observation"][1] = float("nan")
+        return td
+
+    monkeypatch.setattr(toy_recipe.ToyEnv, "_sample", sample)
+    with pytest.raises(NonFiniteError, match=r"collected after env step 16: \('next', 'observation'\)"):
+        main(["train", "toy", *DEBUG, f"run_dir={tmp_path / 'run'}"])
+
+
+def test_a_resume_on_another_env_or_seed_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "toy", *DEBUG, f"run_dir={run}", "stop_after=100"]) == 130
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    for change in ("env=CartPole-v1", "seed=3"):
+        assert main(["train", "--resume", str(run), change]) == 2
+        assert "cannot be resumed with" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

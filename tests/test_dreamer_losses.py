@@ -266,3 +266,13 @@ def test_dreamer_env_without_an_action_spec_says_how_to_give_one():
     env = DreamerEnv(TensorDictSequential(prior, reward), (3,), (6,))
     with pytest.raises(RuntimeError, match="no action spec.*set_specs_from_env"):
         env.rollout(3)
+
+
+def test_model_loss_refuses_a_nan_batch():
+    from reverie.validation import NonFiniteError
+
+    world_model, *_ = make_parts()
+    batch = real_batch()
+    batch["next", "observation"][1, 2, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"DreamerModelLoss: \('next', 'observation'\)"):
+        model_loss(world_model)(batch)

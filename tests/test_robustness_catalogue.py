@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -244,12 +245,13 @@ def test_gp_needs_two_transitions_and_finite_data():
 
     model = GPWorldModel(2, 1)
     for method in (lambda d: model.fit(d), lambda d: model.set_data(d, **HYPER)):
-        with pytest.raises(ValueError, match="need at least 2 transitions, got 1"):
-            method(_gp_data(1))
+        for n in (0, 1):
+            with pytest.raises(ValueError, match=f"need at least 2 transitions, got {n}"):
+                method(_gp_data(n))
         for key, value in (("observation", "nan"), ("action", "inf"), (("next", "observation"), "-inf")):
             data = _gp_data(10)
             data.get(key)[3, 0] = float(value)
-            with pytest.raises(ValueError, match="contains NaN or inf values"):
+            with pytest.raises(ValueError, match=rf"{re.escape(repr(key))}.*1 non-finite value.*\(3, 0\)"):
                 method(data)
     assert not model.is_fitted  # nothing was conditioned on the bad data
 
@@ -417,8 +419,8 @@ def test_resume_from_the_checkpoint_of_another_model_changes_nothing(toy, tmp_pa
 
 
 def test_resume_on_another_env_whose_shapes_differ_changes_nothing(tmp_path, capsys):
-    """A worldmodel run on Pendulum-v1 (3-d observations) resumed with
-    env=MountainCarContinuous-v0 (2-d): refused before the run folder changes."""
+    """A worldmodel run on Pendulum-v1 resumed with env=MountainCarContinuous-v0: another
+    task is another run, refused before the run folder changes."""
     run = tmp_path / "run"
     tiny = ["iterations=1", "random_episodes=1", "max_episode_steps=40", "fit_steps=20",
             "diagnostics_horizon=10", "plan_candidates=16", "progress=false"]
@@ -427,8 +429,7 @@ def test_resume_on_another_env_whose_shapes_differ_changes_nothing(tmp_path, cap
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "env=MountainCarContinuous-v0"]) == 2
     err = capsys.readouterr().err
-    assert "does not fit the model" in err and "size mismatch" in err
-    assert "nothing in the run folder was changed" in err
+    assert "cannot be resumed with env='MountainCarContinuous-v0'" in err
     assert _files(run) == before
 
 

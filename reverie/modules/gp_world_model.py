@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -18,6 +20,7 @@ from reverie.modules.moment_matching import (
     se_basis_moments,
     trig_moments,
 )
+from reverie.validation import check_finite
 
 __all__ = ["GPWorldModel"]
 
@@ -151,6 +154,11 @@ class GPWorldModel(TensorDictModuleBase):
     def _dataset_tensors(self, dataset: TensorDictBase) -> tuple[Tensor, Tensor]:
         if not isinstance(dataset, TensorDictBase):
             raise TypeError(f"GPWorldModel.fit: expected a TensorDict, got {type(dataset).__name__}.")
+        count = math.prod(dataset.batch_size)
+        if count < 2:
+            raise ValueError(
+                f"GPWorldModel.fit: need at least 2 transitions, got {count} (batch size "
+                f"{list(dataset.batch_size)}).")
         data = dataset.reshape(-1)
         tensors = []
         for key, dim in (("observation", self.obs_dim), ("action", self.action_dim),
@@ -169,10 +177,8 @@ class GPWorldModel(TensorDictModuleBase):
                 )
             tensors.append(value.to(self.train_inputs))
         obs, act, nxt = tensors
-        if data.numel() < 2:
-            raise ValueError(f"GPWorldModel.fit: need at least 2 transitions, got {data.numel()}.")
-        if not all(torch.isfinite(t).all() for t in tensors):
-            raise ValueError("GPWorldModel.fit: the dataset contains NaN or inf values.")
+        check_finite("GPWorldModel.fit", data, ["observation", "action", ("next", "observation")],
+                     "Drop or repair those transitions; nothing was fitted.")
         inputs = torch.cat([obs[:, self.input_obs], act], -1)  # (n, d_in)
         return inputs, (nxt - obs)[:, self.target_obs].T.contiguous()  # (E, n)
 

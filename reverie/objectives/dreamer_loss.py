@@ -25,6 +25,7 @@ from reverie.objectives.dreamer_math import (
     lambda_returns,
 )
 from reverie.objectives.world_model_loss import _DISTANCES, distance
+from reverie.validation import check_finite
 
 __all__ = ["DreamerActorLoss", "DreamerModelLoss", "DreamerValueLoss"]
 
@@ -168,6 +169,7 @@ class DreamerModelLoss(LossModule):
 
     def forward(self, tensordict: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
         who, keys = type(self).__name__, self.tensor_keys
+        check_finite(who, tensordict, tensordict.keys(True, True), "A batch with NaN/inf is never trained on: drop or repair those transitions.")
         td = tensordict.clone(False)
         td.set(keys.true_reward, _get(td, keys.reward, who, " (the true reward)"))
         td.del_(keys.reward)

@@ -45,6 +45,7 @@ from reverie.objectives.dreamer_v3_math import (
     two_hot_cross_entropy,
     two_hot_decode,
 )
+from reverie.validation import check_finite
 
 __all__ = ["DreamerV3ActorLoss", "DreamerV3ModelLoss", "DreamerV3ReplayValueLoss",
            "DreamerV3ValueLoss", "two_hot_mean"]
@@ -154,6 +155,7 @@ class DreamerV3ModelLoss(LossModule):
 
     def forward(self, tensordict: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
         who, keys = type(self).__name__, self.tensor_keys
+        check_finite(who, tensordict, tensordict.keys(True, True), "A batch with NaN/inf is never trained on: drop or repair those transitions.")
         td = self.world_model(tensordict.clone(False))
         nd = td.ndim
         post, prior = _get(td, keys.posterior_logits, who), _get(td, keys.prior_logits, who)

@@ -9,6 +9,8 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.objectives import LossModule
 
+from reverie.validation import check_finite
+
 __all__ = ["EnsembleNLLLoss", "gaussian_nll"]
 
 
@@ -159,6 +161,7 @@ class EnsembleNLLLoss(LossModule):
         Returns:
             TensorDict with scalar ``loss_nll``, ``loss_logvar_bounds`` and ``mse``.
         """
+        check_finite(type(self).__name__, tensordict, tensordict.keys(True, True), "A batch with NaN/inf is never trained on: drop or repair those transitions.")
         obs, action, target = self.batch_tensors(tensordict)  # (M, B, ·)
         mean, logvar = self.dynamics.predict_members(obs, action)  # (M, B, out)
         nll = gaussian_nll(mean, logvar, target, dim=(-2, -1))  # (M,)

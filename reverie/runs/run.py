@@ -40,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import (
+    ResumeError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -285,6 +286,11 @@ class Run:
             )
         cls = type(config)
         base = config_from_dict(cls, saved)
+        for name in ("env", "seed"):  # another task or seed is another run, not a resume
+            if name in explicit_fields(config) and getattr(config, name) != getattr(base, name):
+                raise ResumeError(
+                    f"{self.dir} is a run with {name}={getattr(base, name)!r}; it cannot be "
+                    f"resumed with {name}={getattr(config, name)!r}. Start a new run for that.")
         defaults = cls()
         explicit = explicit_fields(config)
         for f in dataclasses.fields(cls):

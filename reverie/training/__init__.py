@@ -19,7 +19,7 @@ from .buffer import (
 )
 from .checks import TaskError, require_continuous_actions
 from .collect import EPISODE_KEY, make_collector, wrap_env
-from .device import available_devices, resolve_device
+from .device import DeviceError, available_devices, resolve_device
 from .evaluate import episode_return, run_episodes
 from .load import TrainedAgent, evaluate_run, load_agent
 from .loop import LoopState, train
@@ -28,6 +28,7 @@ from .seeding import derive_seed
 __all__ = [
     "Agent",
     "TaskError",
+    "DeviceError",
     "require_continuous_actions",
     "CountsUpdates",
     "Schedule",

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device", "available_devices"]
+__all__ = ["DeviceError", "resolve_device", "available_devices"]
+
+
+class DeviceError(ValueError):
+    """A device that is not a torch device or that this machine does not have."""
 
 
 def available_devices() -> list[str]:
@@ -36,7 +40,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(
+        raise DeviceError(
             f"device={name!r} is not a torch device ({err}). Available here: "
             f"{', '.join(available)} (or device=auto)."
         ) from None
@@ -48,7 +52,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
     elif device.type == "mps":
         ok = "mps" in available
     if not ok:
-        raise ValueError(
+        raise DeviceError(
             f"device={name!r} is not available on this machine. Available: "
             f"{', '.join(available)}. Set device=cpu, device=auto, or one of those."
         )

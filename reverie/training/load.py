@@ -110,6 +110,7 @@ def load_agent(run_dir: str | Path, *, device: str = "cpu", overrides: list[str]
 
     Raises:
         FileNotFoundError: not a run folder, or no checkpoint in it.
+        ValueError: the checkpoint does not fit the model the (overridden) config builds.
     """
     from reverie.algorithms import load_algorithm
 
@@ -122,7 +123,13 @@ def load_agent(run_dir: str | Path, *, device: str = "cpu", overrides: list[str]
         raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT_FILE}: nothing was saved yet.")
     dev = resolve_device(config.device)
     agent = recipe.make_agent(config, recipe.make_env(config), dev)
-    agent.load_state_dict(state["agent"])
+    try:
+        agent.load_state_dict(state["agent"])
+    except (RuntimeError, KeyError) as err:
+        raise ValueError(
+            f"{run_dir}: its checkpoint does not fit the model that the config builds "
+            f"({type(err).__name__}: {str(err).strip()[:300]}). Did an override change a "
+            f"model size ({', '.join(overrides) or 'no overrides given'})?") from err
     agent.eval()
     return TrainedAgent(algo, config, agent, recipe, int(state["step"]))
 

@@ -41,6 +41,7 @@ import torch
 from torchrl.envs import EnvBase
 
 from reverie.runs import ResumeError, Run, RunConfig
+from reverie.validation import check_finite
 
 from .agent import Agent
 from .buffer import buffer_state_dict, load_buffer_state_dict
@@ -166,6 +167,9 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent
                 it, random_phase = iter(collector), random
             collector.set_seed(derive_seed(config.seed, "train", loop.batches))
             batch, loop.next_episode = flatten_batch(next(it), loop.next_episode)
+            check_finite(f"the batch collected after env step {loop.step}", batch,
+                         batch.keys(True, True), "The environment produced NaN/inf; nothing "
+                         "of this batch was stored or trained on (fix the env or its wrapper).")
             buffer.extend(agent.store(batch))
             frames = batch.numel() * schedule.action_repeat
             loop.step += frames
