@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from reverie.algorithms import ALGORITHMS, register_algorithm
+from reverie.algorithms import ALGORITHMS
 from reverie.cli import main
 from reverie.runs import load_checkpoint
 
@@ -19,14 +18,7 @@ torch.set_num_threads(1)
 DEBUG = ["--preset", "debug"]  # 240 env steps in batches of 4, checkpoint every 80, eval every 40
 
 
-@pytest.fixture(autouse=True)
-def toy(monkeypatch):
-    """Register ``tests/toy_recipe.py`` as algorithm ``toy`` for the duration of a test."""
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    module = importlib.import_module("toy_recipe")
-    register_algorithm("toy", module.__name__, "toy regression recipe for the tests")
-    yield module
-    ALGORITHMS.pop("toy", None)
+pytestmark = pytest.mark.usefixtures("toy")  # the toy recipe (tests/conftest.py)
 
 
 def _metric_rows(run_dir: Path) -> list[tuple[int, str, str]]:

@@ -7,7 +7,6 @@ happens to the data or the run folder.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import subprocess
@@ -20,7 +19,6 @@ import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 
-from reverie.algorithms import ALGORITHMS, register_algorithm
 from reverie.cli import main
 from reverie.runs import CheckpointError, load_checkpoint, save_checkpoint
 from tests.helpers import SpecOnlyEnv, make_world_model, start_td
@@ -29,14 +27,6 @@ DT = torch.float64
 DEBUG = ["--preset", "debug"]  # toy recipe: 240 env steps in batches of 4, checkpoint every 80
 
 
-@pytest.fixture
-def toy(monkeypatch):
-    """Register ``tests/toy_recipe.py`` as algorithm ``toy`` (as tests/test_cli.py does)."""
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    module = importlib.import_module("toy_recipe")
-    register_algorithm("toy", module.__name__, "toy regression recipe for the tests")
-    yield module
-    ALGORITHMS.pop("toy", None)
 
 
 def _files(run_dir: Path) -> dict[Path, bytes]:
