@@ -537,3 +537,11 @@ def test_fit_refuses_a_nan_observation_before_touching_the_model():
     with pytest.raises(NonFiniteError, match=r"fit_ensemble: \('next', 'observation'\).*\(17, 0\)"):
         fit_ensemble(dyn, EnsembleNLLLoss(dyn), torch.optim.Adam(dyn.parameters()), data)
     assert all(torch.equal(a, b) for a, b in zip(before, dyn.parameters(), strict=True))
+
+
+def test_a_batch_of_another_dtype_names_the_key():
+    dyn = EnsembleDynamics(2, 1, num_members=3, hidden=8, depth=1)
+    batch = TensorDict({"observation": torch.randn(5, 2, dtype=torch.float64),
+                        "action": torch.randn(5, 1), "next": {"observation": torch.randn(5, 2)}}, [5])
+    with pytest.raises(TypeError, match=r"'observation' is torch.float64 but the ensemble is torch.float32"):
+        EnsembleNLLLoss(dyn)(batch)

@@ -499,16 +499,20 @@ class WorldModelEnv(ModelBasedEnvBase):
             if value is None:
                 raise KeyError(
                     f"WorldModelEnv: the world model did not write ('next', {key!r}), which the "
-                    "observation spec declares. Check the dynamics/decoder out_keys."
+                    "observation spec declares (it wrote "
+                    f"{sorted(str(k) for k, v in values.items() if v is not None)} of the spec's "
+                    "keys). Check the dynamics/decoder out_keys."
                 )
             result[key] = value
         for key, shape in reward_plan:
             value = values[key]
             if value is None:
                 raise KeyError(
-                    f"WorldModelEnv: the world model wrote no reward under ('next', {key!r}). "
-                    "Give it a reward_head with out_keys=[('next', "
-                    f"{key!r})]; rewards are never filled in with zeros."
+                    f"WorldModelEnv: the world model wrote no reward under ('next', {key!r}) "
+                    f"(of the spec's keys it wrote "
+                    f"{sorted(str(k) for k, v in values.items() if v is not None)}). Give it a "
+                    f"reward_head with out_keys=[('next', {key!r})]; rewards are never filled "
+                    "in with zeros."
                 )
             result[key] = self._shaped(key, value, batch_size + shape)
         flags = {}

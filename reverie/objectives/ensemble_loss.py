@@ -135,6 +135,12 @@ class EnsembleNLLLoss(LossModule):
                 f"EnsembleNLLLoss: {key!r} has shape {tuple(value.shape)}, expected {want} "
                 "(batch (M, B) + feature size)."
             )
+        dtype = next(self.dynamics.parameters()).dtype
+        if value.is_floating_point() and value.dtype != dtype:
+            raise TypeError(
+                f"EnsembleNLLLoss: {key!r} is {value.dtype} but the ensemble is {dtype}; cast "
+                f"the batch (batch.to({dtype})) or the model (dynamics.to({dtype}))."
+            )
         return value
 
     def batch_tensors(self, tensordict: TensorDictBase):
@@ -161,7 +167,8 @@ class EnsembleNLLLoss(LossModule):
         Returns:
             TensorDict with scalar ``loss_nll``, ``loss_logvar_bounds`` and ``mse``.
         """
-        check_finite(type(self).__name__, tensordict, tensordict.keys(True, True), "A batch with NaN/inf is never trained on: drop or repair those transitions.")
+        check_finite(type(self).__name__, tensordict, tensordict.keys(True, True),
+                     "A batch with NaN/inf is never trained on: drop or repair those transitions.")
         obs, action, target = self.batch_tensors(tensordict)  # (M, B, ·)
         mean, logvar = self.dynamics.predict_members(obs, action)  # (M, B, out)
         nll = gaussian_nll(mean, logvar, target, dim=(-2, -1))  # (M,)

@@ -229,7 +229,8 @@ class WorldModelLoss(LossModule):
             elif not has_terminated:
                 raise KeyError(
                     f"WorldModelLoss: the done loss needs the true flag {_next(keys.terminated)!r} "
-                    f"or {_next(keys.done)!r} in the batch."
+                    f"or {_next(keys.done)!r} in the batch (it holds "
+                    f"{sorted(map(str, td.keys(True, True)))})."
                 )
         td = self.world_model(td)
 
