@@ -266,6 +266,8 @@ def test_dreamer_env_without_an_action_spec_says_how_to_give_one():
     env = DreamerEnv(TensorDictSequential(prior, reward), (3,), (6,))
     with pytest.raises(RuntimeError, match="no action spec.*set_specs_from_env"):
         env.rollout(3)
+    with pytest.raises(RuntimeError, match="no action spec"):
+        env.rand_action()
 
 
 def test_model_loss_refuses_a_nan_batch():

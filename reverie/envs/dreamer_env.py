@@ -98,11 +98,21 @@ class DreamerEnv(ModelBasedEnvBase):
     def _require_action_spec(self) -> None:
         if not list(self.full_action_spec.keys(True, True)):
             raise RuntimeError(
-                "DreamerEnv has no action spec: pass action_spec=... at construction or call "
-                "env.set_specs_from_env(real_env) before resetting, stepping or rolling out.")
+                "DreamerEnv has no action spec, so it cannot draw random actions: pass "
+                "action_spec=... at construction, call env.set_specs_from_env(real_env), or "
+                "roll out with a policy.")
+
+    def rollout(self, max_steps: int, policy=None, *args, **kwargs):
+        """``EnvBase.rollout``; without a policy the random actions need the action spec."""
+        if policy is None:
+            self._require_action_spec()
+        return super().rollout(max_steps, policy, *args, **kwargs)
+
+    def rand_action(self, tensordict: TensorDictBase | None = None):
+        self._require_action_spec()
+        return super().rand_action(tensordict)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        self._require_action_spec()
         out = self.run_world_model(tensordict.copy())
         missing = [k for k in ("state", "belief", "reward") if k not in out.keys()]
         if missing:
@@ -121,7 +131,6 @@ class DreamerEnv(ModelBasedEnvBase):
         return result
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        self._require_action_spec()
         lead = self.batch_size if tensordict is None else tensordict.batch_size
         state = belief = None
         if tensordict is not None:
