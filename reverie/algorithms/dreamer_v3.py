@@ -255,26 +255,17 @@ class _SymlogInput(nn.Module):
         return self.net(symlog(x))
 
 
-class _TwoHotMean(nn.Module):
-    """The decoded value ``(*B, 1)`` of a two-hot head on the latent."""
+class _Then(nn.Module):
+    """``fn(head(state, belief))``: a head on the latent followed by a pure function, e.g. the
+    decoded value ``two_hot_mean`` of a two-hot reward head, ``(*B, 1)``, or ``symexp`` of a
+    symlog decoder's prediction (observation units)."""
 
-    def __init__(self, head: nn.Module) -> None:
+    def __init__(self, head: nn.Module, fn) -> None:
         super().__init__()
-        self.head = head
+        self.head, self.fn = head, fn
 
     def forward(self, state: torch.Tensor, belief: torch.Tensor) -> torch.Tensor:
-        return two_hot_mean(self.head(state, belief))
-
-
-class _Symexp(nn.Module):
-    """A symlog decoder's prediction in observation units: ``symexp(decoder(state, belief))``."""
-
-    def __init__(self, decoder: nn.Module) -> None:
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, state: torch.Tensor, belief: torch.Tensor) -> torch.Tensor:
-        return symexp(self.decoder(state, belief))
+        return self.fn(self.head(state, belief))
 
 
 def make_models(config: Config, env, device: torch.device | str = "cpu") -> dict[str, nn.Module]:
@@ -308,8 +299,8 @@ def make_models(config: Config, env, device: torch.device | str = "cpu") -> dict
         TensorDictModule(reward, nxt("state", "belief"), nxt("reward_logits")),
         TensorDictModule(cont, nxt("state", "belief"), nxt("cont_logit")))
     latent_model = RSSMWorldModel(
-        encoder, prior, posterior, _TwoHotMean(reward),
-        decoder=decoder if config.pixels else _Symexp(decoder),  # observation units
+        encoder, prior, posterior, _Then(reward, two_hot_mean),
+        decoder=decoder if config.pixels else _Then(decoder, symexp),  # observation units
         obs_key=obs_key)
     imagination = WorldModelEnv(latent_model, action_spec=action_spec, device=device)
     if isinstance(action_spec, OneHot):

@@ -7,6 +7,8 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
+from reverie.modules.rssm_world_model import initial_latent
+
 __all__ = ["DreamerPolicy"]
 
 
@@ -104,23 +106,12 @@ class DreamerPolicy(TensorDictModuleBase):
         mask = mask.to(latent[0].device).bool().reshape(*batch, -1).any(-1, keepdim=True)  # (*E, 1)
         return tuple(torch.where(mask, torch.zeros_like(x), x) for x in latent)
 
-    def _zeros(self, batch: torch.Size, obs: torch.Tensor) -> tuple:
-        """The initial latent ``(*E, S), (*E, R), (*E, A)``, on the prior's device."""
-        param = next(iter(self.prior.parameters()), None)
-        if param is not None:
-            device, dtype = param.device, param.dtype
-        else:
-            device = obs.device
-            dtype = obs.dtype if obs.is_floating_point() else torch.get_default_dtype()
-        sizes = (self.prior.state_dim, self.prior.belief_dim, self.prior.action_dim)
-        return tuple(torch.zeros(*batch, n, device=device, dtype=dtype) for n in sizes)
-
     @torch.no_grad()
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         obs = tensordict.get(self.obs_key)
         batch = tensordict.batch_size
         if self.latent is None or self.latent[0].shape[:-1] != batch:
-            self.latent = self._zeros(batch, obs)
+            self.latent = initial_latent(self.prior, batch, obs)
         else:
             is_init = tensordict.get("is_init", None)
             if is_init is not None:

@@ -23,7 +23,7 @@ from torchrl.envs.utils import ExplorationType, exploration_type
 
 from reverie.modules.world_model import WorldModel
 
-__all__ = ["RSSMStart", "RSSMStep", "RSSMWorldModel"]
+__all__ = ["RSSMStart", "RSSMStep", "RSSMWorldModel", "initial_latent"]
 
 _MOST_LIKELY = (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN)
 
@@ -32,12 +32,17 @@ def _most_likely() -> bool:
     return exploration_type() in _MOST_LIKELY
 
 
-def _zeros(prior: nn.Module, lead: torch.Size, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The initial latent and action ``(*B, S), (*B, D), (*B, A)``: zeros on the prior's
-    device and dtype."""
+def initial_latent(prior: nn.Module, lead: torch.Size, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """An RSSM's initial latent and previous action ``(*B, S), (*B, D), (*B, A)``: zeros in
+    the prior's device and dtype (``like``'s, or the default float dtype, for a prior
+    without parameters). Shared by :class:`RSSMWorldModel` and
+    :class:`~reverie.modules.DreamerPolicy`."""
     param = next(iter(prior.parameters()), None)
-    device = param.device if param is not None else like.device
-    dtype = param.dtype if param is not None else like.dtype
+    if param is not None:
+        device, dtype = param.device, param.dtype
+    else:
+        device = like.device
+        dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
     return tuple(torch.zeros(*lead, n, device=device, dtype=dtype)
                  for n in (prior.state_dim, prior.belief_dim, prior.action_dim))
 
@@ -76,7 +81,7 @@ class RSSMStart(nn.Module):
         self.prior, self.posterior = prior, posterior
 
     def forward(self, embedding: Tensor) -> tuple[Tensor, Tensor]:
-        state, belief, action = _zeros(self.prior, embedding.shape[:-1], embedding)
+        state, belief, action = initial_latent(self.prior, embedding.shape[:-1], embedding)
         belief = self.prior.mode(state, belief, action)[1]
         return _posterior_state(self.posterior, belief, embedding), belief
 
@@ -197,7 +202,7 @@ class RSSMWorldModel(WorldModel):
         embedding = obs_encoder(trajectory.get(self.obs_key))  # (*B, T, E)
         actions, is_init = trajectory.get("action"), trajectory.get("is_init", None)
         lead, T = trajectory.batch_size[:-1], trajectory.batch_size[-1]
-        state, belief, action = _zeros(prior, lead, embedding)
+        state, belief, action = initial_latent(prior, lead, embedding)
         states, beliefs = [], []
         for t in range(T):
             if is_init is not None:

@@ -99,23 +99,20 @@ def train(name: str, config: RunConfig, make_env: MakeEnv, make_agent: MakeAgent
     device = resolve_device(config.device)  # before anything is created: a bad device fails first
     run = Run(name, config)
     config = run.config
-    setup = {"done": False}
     try:
-        return _train(run, config, device, make_env, make_agent, setup)
-    except Exception:
-        if not setup["done"]:  # e.g. an unknown env id: leave no empty run folder behind
+        try:
+            env = make_env(config)
+            agent = make_agent(config, env, device)
+            _check_agent(agent, device)
+        except Exception:  # e.g. an unknown env id: leave no empty run folder behind
             run.discard()
-        raise
+            raise
+        return _train(run, config, device, make_env, agent)
     finally:
         run.close()
 
 
-def _train(run: Run, config, device: torch.device, make_env: MakeEnv, make_agent: MakeAgent,
-           setup: dict) -> dict:
-    env = make_env(config)
-    agent = make_agent(config, env, device)
-    _check_agent(agent, device)
-    setup["done"] = True
+def _train(run: Run, config, device: torch.device, make_env: MakeEnv, agent: Agent) -> dict:
     schedule = agent.schedule
     factory = EnvFactory(make_env, config, schedule.max_episode_steps, config.num_envs,
                          config.vector_env)
