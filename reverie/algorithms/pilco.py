@@ -79,6 +79,10 @@ class Config(RunConfig):
     policy_iters: int = cfg(150, "Imagined-cost evaluations per trial (L-BFGS evaluations or Adam steps).",
                             low=1)
     lr: float = cfg(0.01, "Adam learning rate (optimizer=adam).", low=0, low_open=True)
+    policy_restarts: int = cfg(-1, "Extra policy searches per trial, each from a fresh random controller "
+                               "with policy_iters evaluations; the policy of lowest imagined cost (these "
+                               "or the warm-started one) runs (-1: the task's default, 1 on cart-pole).",
+                               low=-1)
     stop_when_solved: bool = cfg(True, "End training at the first solved trial.")
     eval_episodes: int = cfg(3, "Evaluation episodes (fresh start states) at the end.", low=1)
     checkpoint_every: int = cfg(1, "Checkpoint every this many env steps (after each trial; 0: only "
@@ -168,11 +172,8 @@ class PILCOAgent(Agent):
         self.start = initial_belief(env).to(device)
         self.gp = GPWorldModel(obs_dim, action_dim, angle_dims=task.angle_dims).to(device)
         self.controller = make_controller(config, task, env).to(device)
-        cholesky = torch.linalg.cholesky(self.start["observation", "var"][0])
-        start_states = self.start["observation", "mean"] + torch.randn(
-            500, obs_dim, dtype=torch.float64, device=device) @ cholesky.T
-        self.controller.initialize(start_states, lengthscale=config.policy_lengthscale or torch.tensor(
-            task.policy_lengthscales or 1.0, dtype=torch.float64, device=device))
+        self.restarts = task.policy_restarts if config.policy_restarts < 0 else config.policy_restarts
+        self.initialize_controller()
         # modules that share the GP's and controller's parameters stay out of the state_dict
         self.parts = {"belief_policy": TensorDictModule(
             self.controller, in_keys=[("observation", "mean"), ("observation", "var")],
@@ -216,6 +217,16 @@ class PILCOAgent(Agent):
         return {"train/gp_mll": fit["mll"], "train/gp_points": fit["n"], "train/fit_s": t1 - t0,
                 "train/imagined_cost": cost, "train/policy_s": time.perf_counter() - t1}
 
+    def initialize_controller(self, generator: torch.Generator | None = None) -> None:
+        """PILCO's start: basis centres at states drawn from the start belief, small random
+        weights, the task's length-scales (draws from ``generator``, else torch's global one)."""
+        cholesky = torch.linalg.cholesky(self.start["observation", "var"][0]).cpu()
+        noise = torch.randn(500, cholesky.shape[0], dtype=torch.float64, generator=generator)
+        start_states = self.start["observation", "mean"] + (noise @ cholesky.T).to(self.device)
+        lengthscale = self.config.policy_lengthscale or torch.tensor(
+            self.task.policy_lengthscales or 1.0, dtype=torch.float64, device=self.device)
+        self.controller.initialize(start_states, lengthscale=lengthscale, generator=generator)
+
     def expected_cost(self) -> torch.Tensor:
         """Sum over the horizon of the expected cost of the imagined Gaussian belief."""
         env = self.parts["imagination"]
@@ -223,7 +234,30 @@ class PILCOAgent(Agent):
         return -rollout["next", "reward"].sum()
 
     def improve_policy(self) -> float:
-        """``policy_iters`` evaluations of the imagined expected cost; keeps the best policy."""
+        """Search from the current controller, then from ``restarts`` fresh random ones (seeded
+        by the run's ``restart`` stream and the trial); keep the lowest imagined cost.
+
+        Restarts guard against the policy search's local optima: on cart-pole swing-up a
+        warm-started search can stay with a controller that spins the pole through upright
+        trial after trial, while a search from a fresh controller on the same GP finds the
+        swing-up and balance."""
+        params = list(self.controller.parameters())
+        best = (self.search(), [p.detach().clone() for p in params])
+        for k in range(self.restarts):
+            g = torch.Generator().manual_seed(
+                derive_seed(self.config.seed, "restart", self.trials_run * 64 + k))
+            self.initialize_controller(g)
+            cost = self.search()
+            if cost < best[0]:
+                best = (cost, [p.detach().clone() for p in params])
+        with torch.no_grad():
+            for p, b in zip(params, best[1], strict=True):
+                p.copy_(b)
+        return best[0]
+
+    def search(self) -> float:
+        """``policy_iters`` evaluations of the imagined expected cost from the current
+        controller; leaves the best policy seen in the controller and returns its cost."""
         c = self.config
         params = list(self.controller.parameters())
         best = (float("inf"), [p.detach().clone() for p in params])

@@ -53,6 +53,7 @@ class Task:
     policy_dims: tuple[int, ...] | None = None  # observations the controller reads (None: all)
     policy_lengthscales: tuple[float, ...] | None = None  # initial, per policy input (None: 1)
     env_kwargs: dict | None = None  # keyword arguments of gym.make (e.g. obs_noise)
+    policy_restarts: int = 0  # extra policy searches per trial from a fresh random controller
 
 
 TASKS: dict[str, Task] = {
@@ -60,7 +61,8 @@ TASKS: dict[str, Task] = {
     # the change of the unwrapped angle and reads its sine and cosine; so does the controller.
     "reverie/CartPoleSwingUp-v0": Task(
         (0, 0, 1, 0, 0, 0), swingup_cost_matrix(), 40, 10, _pole_cos_at(2),
-        angle_dims={5: (3, 2)}, policy_dims=(0, 1, 2, 3, 4), policy_lengthscales=(1, 1, 0.7, 0.7, 1)),
+        angle_dims={5: (3, 2)}, policy_dims=(0, 1, 2, 3, 4), policy_lengthscales=(1, 1, 0.7, 0.7, 1),
+        policy_restarts=1),
     "Pendulum-v1": Task(
         (1, 0, 0, 0), np.diag([1.0, 1.0, 0.0, 0.0]) / 0.5**2, 40, 30, _pole_cos_at(0),
         dt=0.05, frame_skip=2, start_down=True, eval_steps=100,

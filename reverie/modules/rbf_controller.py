@@ -77,21 +77,32 @@ class RBFController(nn.Module):
 
     @torch.no_grad()
     def initialize(
-        self, states: Tensor, lengthscale: float | Tensor | None = None, weight_scale: float = 0.1
+        self, states: Tensor, lengthscale: float | Tensor | None = None, weight_scale: float = 0.1,
+        generator: torch.Generator | None = None,
     ) -> RBFController:
         """Centres at random ``states (N, D)`` plus ``N(0, 0.1^2)`` noise, weights
         ``N(0, weight_scale^2)``, length-scales ``lengthscale`` (scalar or ``(len(input_dims),)``; default
         ``std(states)``). PILCO starts centres around the start state with unit-scale
         length-scales: the controller must act where the state will go, not only at the
-        start. Returns ``self``."""
+        start. Draws come from ``generator`` (a CPU generator) when given, else from torch's
+        global one. Returns ``self``."""
         states = states.reshape(-1, self.input_dim).to(self.centers)[:, self.input_dims]
-        idx = torch.randint(states.shape[0], (self.n_basis,))
-        self.centers.copy_(states[idx] + 0.1 * torch.randn_like(self.centers))
+        if generator is None:
+            idx = torch.randint(states.shape[0], (self.n_basis,))
+            self.centers.copy_(states[idx] + 0.1 * torch.randn_like(self.centers))
+        else:
+            idx = torch.randint(states.shape[0], (self.n_basis,), generator=generator)
+            noise = torch.randn(self.centers.shape, generator=generator, dtype=self.centers.dtype)
+            self.centers.copy_(states[idx.to(states.device)] + 0.1 * noise.to(self.centers.device))
         if lengthscale is None:
             lengthscale = states.std(0).clamp_min(1e-2) if states.shape[0] > 1 else 1.0
         ell = torch.as_tensor(lengthscale, dtype=self.centers.dtype)
         self.log_lengthscales.copy_(ell.log().expand_as(self.log_lengthscales))
-        self.weights.normal_(0.0, weight_scale)
+        if generator is None:
+            self.weights.normal_(0.0, weight_scale)
+        else:
+            noise = torch.randn(self.weights.shape, generator=generator, dtype=self.weights.dtype)
+            self.weights.copy_(weight_scale * noise.to(self.weights.device))
         return self
 
     def forward(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -19,8 +19,9 @@ import numpy as np
 __all__ = ["derive_seed", "STREAMS"]
 
 #: the named streams in use: collection envs (indexed by collector start), evaluation
-#: episodes (indexed by episode), diagnostics, agent initialisation
-STREAMS = ("train", "eval", "diagnostics", "init")
+#: episodes (indexed by episode), diagnostics, agent initialisation, re-initialisations during
+#: training (e.g. PILCO's policy-search restarts, indexed by update)
+STREAMS = ("train", "eval", "diagnostics", "init", "restart")
 
 
 def derive_seed(seed: int, stream: str, index: int = 0) -> int:
