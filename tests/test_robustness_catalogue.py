@@ -508,3 +508,116 @@ def test_a_killed_process_releases_the_run_folder(toy, tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert main(["train", "--resume", str(run), "stop_after=none"]) == 0
+
+
+# ------------------------------------------------------------------ imagination outputs and actions
+def _diverging_world_model(at_step: int):
+    """The helpers' linear world model whose dynamics return NaN from the ``at_step``-th call on."""
+    wm = make_world_model()
+    linear, calls = wm.dynamics.module, [0]
+
+    class Diverging(torch.nn.Module):
+        def forward(self, latent, action):
+            calls[0] += 1
+            out = linear(torch.cat([latent, action], -1))
+            return out * float("nan") if calls[0] > at_step else out
+
+    wm.dynamics.module = Diverging()
+    return wm, calls
+
+
+class _Constant(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, latent):
+        return torch.full((*latent.shape[:-1], 1), self.value)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_nan_from_the_world_model_during_imagination_names_the_key_and_step(fast):
+    from reverie.envs import WorldModelEnv
+    from reverie.validation import NonFiniteError
+
+    wm, _ = _diverging_world_model(at_step=3)
+    env = WorldModelEnv(wm, SpecOnlyEnv())
+    env.fast_rollout = fast
+    with pytest.raises(NonFiniteError, match=r"\('next', 'latent'\) is not finite at imagined step 3 "
+                                             r"\(batch index \(0,\).*the world model produced it"):
+        env.rollout(6, tensordict=start_td(wm))
+    wm, _ = _diverging_world_model(at_step=3)
+    env = WorldModelEnv(wm, SpecOnlyEnv(), check=False)  # opting out passes the NaN on
+    assert env.rollout(6, tensordict=start_td(wm))["next", "latent"][:, 3:].isnan().all()
+
+
+def test_a_nan_start_latent_and_a_single_step_are_checked_too():
+    from reverie.envs import WorldModelEnv
+    from reverie.validation import NonFiniteError
+
+    wm = make_world_model()
+    env = WorldModelEnv(wm, SpecOnlyEnv())
+    start = start_td(wm)
+    start["latent"][2, 1] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"'latent' is not finite at imagined step 0 \(batch index "
+                                             r"\(2,\).*the start of the rollout holds it"):
+        env.rollout(4, tensordict=start)
+    wm.reward_head.module = _Constant(float("nan"))  # one step, through env.step
+    td = env.reset(start_td(wm)).set("action", torch.zeros(5, 1))
+    with pytest.raises(NonFiniteError, match=r"\('next', 'reward'\) is not finite at imagined step 0"):
+        env.step(td)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_an_out_of_bounds_action_given_to_an_imagination_env_is_refused(fast):
+    from reverie.envs import ActionBoundsError, WorldModelEnv
+
+    wm = make_world_model()
+    env = WorldModelEnv(wm, SpecOnlyEnv())  # Bounded(-1, 1) actions
+    env.fast_rollout = fast
+    policy = TensorDictModule(lambda latent: latent[..., :1] * 0 + torch.tensor([0.5, 100.0, 0.5, 0.5, 0.5])[:, None],
+                              ["latent"], ["action"])
+    with pytest.raises(ActionBoundsError, match=r"'action' at imagined step 0 \(batch index \(1,\), element "
+                                                r"\(0,\)\) is 100.0, outside the action spec's bounds \[-1.0, 1.0\]"):
+        env.rollout(3, policy, tensordict=start_td(wm))
+    td = env.reset(start_td(wm)).set("action", torch.full((5, 1), -1.5))
+    with pytest.raises(ActionBoundsError, match="is -1.5, outside"):
+        env.step(td)
+    inside = env.rollout(3, policy=None, tensordict=start_td(wm))  # random actions stay inside
+    assert inside["action"].abs().max() <= 1
+
+
+def test_planners_still_rank_nan_candidates_last_through_an_imagination_env():
+    from reverie.envs import WorldModelEnv
+    from reverie.planners import CEMPlanner, rollout_objective
+
+    wm = make_world_model()
+    wm.reward_head.module = _Constant(float("nan"))
+    env = WorldModelEnv(wm, SpecOnlyEnv(), batch_size=[])
+    objective = rollout_objective(env, start_td(wm, batch=(2,)))
+    values = objective(torch.zeros(2, 4, 3, 1))  # the env's own checks are off for planners
+    assert values.shape == (2, 4) and values.isnan().all()
+    with pytest.raises(ValueError, match="finite"):
+        CEMPlanner(action_spec=SpecOnlyEnv().action_spec, horizon=3, num_candidates=8, num_elites=2,
+                   iterations=1).plan(objective, batch_shape=torch.Size([2]))
+
+
+@pytest.mark.parametrize("constant", [0.7, -3.0, 0.0])
+def test_a_gp_fitted_on_constant_targets_predicts_the_constant(constant):
+    pytest.importorskip("gpytorch")
+    from reverie.modules import GPWorldModel
+
+    data = _gp_data(30)
+    obs = data["observation"]
+    nxt = data["next", "observation"].clone()
+    nxt[:, 0] = obs[:, 0] + constant  # the change of output 0 is the same everywhere
+    data["next", "observation"] = nxt
+    gp = GPWorldModel(2, 1).double()
+    gp.fit(data)
+    test = torch.randn(7, 2, dtype=DT, generator=torch.Generator().manual_seed(1))
+    mean, var = gp.predict(test, torch.zeros(7, 1, dtype=DT))
+    assert torch.allclose(mean[:, 0] - test[:, 0], torch.full((7,), constant, dtype=DT), atol=1e-4)
+    assert (var[:, 0] < 1e-4 * max(1.0, constant**2)).all()  # the constant is known, not noise
+    other = GPWorldModel(2, 1).double()  # output 1 fits as without the constant output
+    other.fit(_gp_data(30))
+    assert torch.equal(gp.signal_var[1], other.signal_var[1])

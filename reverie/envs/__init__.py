@@ -14,10 +14,12 @@ from reverie.envs.known_models import (
 )
 from reverie.envs.mean_action import MeanActionSelector
 from reverie.envs.model_based import ModelBasedEnvBase
+from reverie.envs.rollout_checks import ActionBoundsError, check_rollout
 from reverie.envs.toy import PointMass1D
 from reverie.envs.world_model_env import WorldModelEnv
 
 __all__ = [
+    "ActionBoundsError",
     "DreamerDecoder",
     "DreamerEnv",
     "CartPoleSwingUp",
@@ -28,6 +30,7 @@ __all__ = [
     "ModelBasedEnvBase",
     "PointMass1D",
     "WorldModelEnv",
+    "check_rollout",
     "known_reward",
     "known_termination",
     "reward_module",

@@ -12,6 +12,7 @@ from torchrl.envs import EnvBase
 
 from reverie.envs.fast_rollout import fast_rollout
 from reverie.envs.model_based import ModelBasedEnvBase
+from reverie.envs.rollout_checks import action_bounds, check_rollout
 
 __all__ = ["WorldModelEnv"]
 
@@ -97,10 +98,18 @@ class WorldModelEnv(ModelBasedEnvBase):
             Default: ``world_model.latent_keys`` (the encoder's outputs that the dynamics
             read), ``"latent"`` when the model does not say.
         done_logits: read float done outputs as logits instead of probabilities.
+        check: check every rollout (once, at its end: one host sync) and every single
+            ``step`` for NaN/inf values and for actions outside a bounded action spec; a
+            failure raises with the key, the imagined step and the batch index. ``False``
+            (or ``rollout(..., check=False)``) passes such rollouts on unchecked, as the
+            planners' :func:`~reverie.planners.rollout_objective` does (it ranks non-finite
+            candidates last itself).
 
     Raises:
         RuntimeError: ``reset`` without an initial latent under ``latent_key``.
         KeyError: the world model did not write the reward (or a declared observation).
+        reverie.validation.NonFiniteError: a rollout or step holds NaN/inf (``check``).
+        reverie.envs.ActionBoundsError: an action outside the action spec's bounds (``check``).
 
     Examples:
         >>> import torch
@@ -137,6 +146,7 @@ class WorldModelEnv(ModelBasedEnvBase):
         device: torch.device | str | None = None,
         latent_key: NestedKey | list[NestedKey] | None = None,
         done_logits: bool = False,
+        check: bool = True,
     ) -> None:
         if base_env is None and action_spec is None:
             raise TypeError(
@@ -172,6 +182,10 @@ class WorldModelEnv(ModelBasedEnvBase):
         self.latent_key = self.latent_keys[0]
         self.done_logits = bool(done_logits)
         self.fast_rollout = True
+        #: check rollouts (once, at their end) and single steps for non-finite values and
+        #: out-of-bounds actions (:func:`reverie.envs.rollout_checks.check_rollout`)
+        self.check = bool(check)
+        self._in_rollout = False
 
         # ---- per-environment specs, from base_env or given
         if base_env is not None:
@@ -286,6 +300,7 @@ class WorldModelEnv(ModelBasedEnvBase):
         break_when_all_done: bool | None = None,
         return_contiguous: bool | None = True,
         tensordict: TensorDictBase | None = None,
+        check: bool | None = None,
         **kwargs,
     ) -> TensorDictBase:
         """``EnvBase.rollout`` with a fast path for imagined rollouts.
@@ -317,6 +332,8 @@ class WorldModelEnv(ModelBasedEnvBase):
             break_when_all_done: stop when every trajectory is done.
             return_contiguous: stack steps into one contiguous TensorDict.
             tensordict: start data of batch ``(*B,)``, with the latent under ``latent_key``.
+            check: check the finished rollout for NaN/inf and out-of-bounds actions
+                (default: the env's ``check``).
 
         Returns:
             a TensorDict of batch size ``(*B, T)``: root keys at time t (latent, action,
@@ -333,20 +350,28 @@ class WorldModelEnv(ModelBasedEnvBase):
             and tensordict is not None
             and not any(v not in (None, False) for v in kwargs.values())
         )
+        out = None
         if fast:
             out = fast_rollout(
                 self, max_steps, policy, tensordict,
                 auto_reset=auto_reset, break_when_any_done=stop_any,
             )
-            if out is not None:
-                return out
-        if not auto_reset and tensordict is not None:
-            tensordict = self._complete_start(tensordict)
-        return super().rollout(
-            max_steps, policy, callback, auto_reset=auto_reset,
-            break_when_any_done=break_when_any_done, break_when_all_done=break_when_all_done,
-            return_contiguous=return_contiguous, tensordict=tensordict, **kwargs,
-        )
+        if out is None:
+            if not auto_reset and tensordict is not None:
+                tensordict = self._complete_start(tensordict)
+            self._in_rollout = True
+            try:
+                out = super().rollout(
+                    max_steps, policy, callback, auto_reset=auto_reset,
+                    break_when_any_done=break_when_any_done, break_when_all_done=break_when_all_done,
+                    return_contiguous=return_contiguous, tensordict=tensordict, **kwargs,
+                )
+            finally:
+                self._in_rollout = False
+        if (self.check if check is None else check) and isinstance(out, TensorDictBase):
+            check_rollout(out, where="WorldModelEnv.rollout", batch_dims=out.ndim - 1,
+                          action_key=self.action_key, action_bounds=self._action_bounds())
+        return out
 
     # ------------------------------------------------------------------ reset / step
     def reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
@@ -441,11 +466,23 @@ class WorldModelEnv(ModelBasedEnvBase):
                 f"write {[('next', *((k,) if isinstance(k, str) else k)) for k in self.latent_keys]}."
             )
         values = {key: next_td.get(key, None) for key in self._step_keys()}
-        return TensorDict(
+        result = TensorDict(
             self.finalize_step(values, tensordict.batch_size),
             batch_size=tensordict.batch_size,
             device=self.device,
         )
+        if self.check and not self._in_rollout:  # a single step: check it (rollouts check at their end)
+            step = tensordict.select(self.action_key, *self.latent_keys, strict=False).update(
+                {"next": result}).unsqueeze(-1)
+            check_rollout(step, where="WorldModelEnv.step", batch_dims=step.ndim - 1,
+                          action_key=self.action_key, action_bounds=self._action_bounds())
+        return result
+
+    def _action_bounds(self):
+        """Cached ``(low, high)`` of one action, or ``None`` for an unbounded/discrete spec."""
+        if "reverie_action_bounds" not in self._cache:
+            self._cache["reverie_action_bounds"] = action_bounds(self.action_spec, len(self.batch_size))
+        return self._cache["reverie_action_bounds"]
 
     def _step_keys(self) -> list[NestedKey]:
         keys = self._cache.get("reverie_step_keys")

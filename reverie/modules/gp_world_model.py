@@ -243,9 +243,14 @@ class GPWorldModel(TensorDictModuleBase):
         # noise floor: the SNR bound relative to the target variance (noise-free data would
         # otherwise drive the noise to ~0 and the Gram matrix to singular)
         rel = 1.0 / self.max_snr**2 if self.max_snr is not None else 1e-8
-        target_var = targets.var(-1).clamp_min(1e-12)  # (D,)
+        # the targets' scale: their variance, or their second moment for an output whose
+        # targets are (numerically) constant -- with the variance, the zero-mean GP would
+        # explain a constant c != 0 as noise of variance c^2 and predict 0 instead of c
+        spread, second = targets.var(-1), targets.pow(2).mean(-1)  # (D,)
+        scale = torch.where(spread <= 1e-10 * second, second, spread)
+        target_var = scale.clamp_min(1e-12)  # (D,)
         data_init = (inputs.std(0).clamp_min(1e-3).expand(D, -1),  # (D, E)
-                     targets.var(-1).clamp_min(1e-6), targets.var(-1).clamp_min(1e-6) / 100.0)
+                     scale.clamp_min(1e-6), scale.clamp_min(1e-6) / 100.0)
         # one L-BFGS-B per output: each GP stops at its own convergence (a joint optimisation
         # of the D independent likelihoods runs until the slowest one has converged)
         ls, sv, nv, values = [], [], [], []

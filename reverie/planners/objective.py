@@ -194,6 +194,7 @@ def rollout_objective(
     reward_key = unravel_key(reward_key)
     done_key = unravel_key(done_key) if done_key is not None else None
     policy = _playback_policy(env)
+    unchecked = {"check": False} if hasattr(env, "check") else {}  # WorldModelEnv's own checks
 
     def objective(actions: torch.Tensor) -> torch.Tensor:
         if actions.ndim != len(env_shape) + 3 or actions.shape[: len(env_shape)] != env_shape:
@@ -209,8 +210,8 @@ def rollout_objective(
         expanded = start.reshape(*env_shape, 1, 1).expand(*batch)  # (*E, N, P)
         policy.module.load(actions, particles)
         try:
-            rollout = env.rollout(
-                horizon, policy, tensordict=expanded, break_when_any_done=False
+            rollout = env.rollout(  # candidates with NaN returns are ranked last by the planners
+                horizon, policy, tensordict=expanded, break_when_any_done=False, **unchecked
             )  # (*E, N, P, H)
         finally:
             policy.module.load(None, 1)  # do not keep the candidates alive
