@@ -49,7 +49,7 @@ from reverie import training
 from reverie.diagnostics import plot_belief_vs_real
 from reverie.envs import ImaginedEnv
 from reverie.envs.pilco_tasks import TASKS, Task, _StartDown
-from reverie.modules import GPWorldModel, RBFController
+from reverie.modules import GPWorldModel, PseudoTargetRBFController, RBFController
 from reverie.objectives import ExponentialQuadraticCost
 from reverie.runs import RunConfig, cfg
 from reverie.training import EPISODE_KEY, Agent, Schedule, derive_seed, make_replay_buffer
@@ -79,6 +79,10 @@ class Config(RunConfig):
     policy_iters: int = cfg(150, "Imagined-cost evaluations per trial (L-BFGS evaluations or Adam steps).",
                             low=1)
     lr: float = cfg(0.01, "Adam learning rate (optimizer=adam).", low=0, low_open=True)
+    policy_parameters: Literal["task", "weights", "pseudo_targets"] = cfg(
+        "task", "What the policy search moves: the RBF network's 'weights', or the 'pseudo_targets' of "
+        "a GP mean through the centres as PILCO's MATLAB code (the same functions, another search "
+        "geometry); 'task': the task's default.")
     policy_restarts: int = cfg(-1, "Extra policy searches per trial, each from a fresh random controller "
                                "with policy_iters evaluations; the policy of lowest imagined cost (these "
                                "or the warm-started one) runs (-1: the task's default, 1 on cart-pole).",
@@ -112,8 +116,10 @@ def make_env(config: Config):
 def make_controller(config: Config, task: Task, env) -> RBFController:
     """The RBF controller on the task's policy inputs, squashed to the action bounds."""
     obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
-    return RBFController(obs_dim, action_dim, env.action_spec.space.high.to(torch.float64),
-                         n_basis=config.n_basis or task.n_basis, input_dims=task.policy_dims).double()
+    kind = task.policy_parameters if config.policy_parameters == "task" else config.policy_parameters
+    cls = PseudoTargetRBFController if kind == "pseudo_targets" else RBFController
+    return cls(obs_dim, action_dim, env.action_spec.space.high.to(torch.float64),
+               n_basis=config.n_basis or task.n_basis, input_dims=task.policy_dims).double()
 
 
 def initial_belief(env, n: int = 500) -> TensorDict:

@@ -54,6 +54,7 @@ class Task:
     policy_lengthscales: tuple[float, ...] | None = None  # initial, per policy input (None: 1)
     env_kwargs: dict | None = None  # keyword arguments of gym.make (e.g. obs_noise)
     policy_restarts: int = 0  # extra policy searches per trial from a fresh random controller
+    policy_parameters: str = "weights"  # RBF controller: "weights" or "pseudo_targets" (PILCO's congp)
 
 
 TASKS: dict[str, Task] = {

@@ -14,7 +14,7 @@ from reverie.modules.dreamer_v3_nets import (
 from reverie.modules.ensemble import EnsembleDynamics, EnsembleLinear, GaussianEnsemble
 from reverie.modules.gp_world_model import GPWorldModel
 from reverie.modules.mlp import mlp
-from reverie.modules.rbf_controller import RBFController
+from reverie.modules.rbf_controller import PseudoTargetRBFController, RBFController
 from reverie.modules.rssm import RSSMPosterior, RSSMPrior, RSSMRollout
 from reverie.modules.rssm_v3 import BlockLinear, RSSMPosteriorV3, RSSMPriorV3, RSSMRolloutV3
 from reverie.modules.rssm_world_model import RSSMStart, RSSMStep, RSSMWorldModel
@@ -46,6 +46,7 @@ __all__ = [
     "EnsembleLinear",
     "GPWorldModel",
     "GaussianEnsemble",
+    "PseudoTargetRBFController",
     "RBFController",
     "WorldModel",
     "WorldModelStep",

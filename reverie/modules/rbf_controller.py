@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from reverie.modules.moment_matching import se_basis_moments, sin_squash_moments
 
-__all__ = ["RBFController"]
+__all__ = ["PseudoTargetRBFController", "RBFController"]
 
 
 class RBFController(nn.Module):
@@ -98,12 +98,16 @@ class RBFController(nn.Module):
             lengthscale = states.std(0).clamp_min(1e-2) if states.shape[0] > 1 else 1.0
         ell = torch.as_tensor(lengthscale, dtype=self.centers.dtype)
         self.log_lengthscales.copy_(ell.log().expand_as(self.log_lengthscales))
+        self._initialize_output(weight_scale, generator)
+        return self
+
+    def _initialize_output(self, scale: float, generator: torch.Generator | None) -> None:
+        """Weights ``N(0, scale^2)``."""
         if generator is None:
-            self.weights.normal_(0.0, weight_scale)
+            self.weights.normal_(0.0, scale)
         else:
             noise = torch.randn(self.weights.shape, generator=generator, dtype=self.weights.dtype)
-            self.weights.copy_(weight_scale * noise.to(self.weights.device))
-        return self
+            self.weights.copy_(scale * noise.to(self.weights.device))
 
     def forward(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if mean.shape[-1] != self.input_dim or cov.shape[-2:] != (self.input_dim, self.input_dim):
@@ -123,3 +127,51 @@ class RBFController(nn.Module):
             return u_mean, u_cov, cio
         a_mean, a_cov, factor = sin_squash_moments(u_mean, u_cov, self.max_action.to(ref))
         return a_mean, a_cov, cio @ factor
+
+
+class PseudoTargetRBFController(RBFController):
+    """The RBF controller parameterised as PILCO's MATLAB code does (``congp``): by the
+    pseudo-targets ``t`` of a GP mean through the centres, not by the weights.
+
+    ``w_k = (K_k + sigma_k^2 I)^{-1} t_k``, ``K_k[i, j] = exp(-1/2 (c_i - c_j)^T Lambda_k^{-1}
+    (c_i - c_j))``, so ``u~_k(c_i) ~= t_ki``: each parameter sets the controller's output
+    near one centre. The functions are those of :class:`RBFController`; the policy search
+    sees another geometry. Centres drawn around a concentrated start state give a nearly
+    singular ``K``: one weight then moves the output everywhere at once, while one
+    pseudo-target moves it near its centre only. The noise ratio ``sigma_k^2`` (relative to
+    a unit signal variance) is learned with the rest, from PILCO's ``0.01^2``.
+
+    ``initialize`` draws pseudo-targets ``N(0, 0.1^2)`` (PILCO's ``0.1 * randn``).
+
+    Example:
+        >>> ctrl = PseudoTargetRBFController(input_dim=4, output_dim=1, max_action=10.0, n_basis=5)
+        >>> _ = ctrl.initialize(torch.zeros(20, 4), lengthscale=1.0)
+        >>> torch.allclose(ctrl.weights, torch.linalg.solve(
+        ...     ctrl.gram() + 1e-4 * torch.eye(5), ctrl.targets[..., None])[..., 0], atol=1e-6)
+        True
+    """
+
+    def __init__(self, *args, noise: float = 0.01, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        del self._parameters["weights"]
+        self.targets = nn.Parameter(0.1 * torch.randn(self.output_dim, self.n_basis))
+        self.log_noise = nn.Parameter(torch.full((self.output_dim,), float(noise)).log())
+
+    def gram(self) -> Tensor:
+        """``K`` per output, ``(F, N, N)``, at the current centres and length-scales."""
+        diff = (self.centers[:, None, :] - self.centers[None, :, :])[None] / self.log_lengthscales.exp()[:, None, None]
+        return torch.exp(-0.5 * diff.pow(2).sum(-1))
+
+    @property
+    def weights(self) -> Tensor:  # (F, N)
+        noise = (2 * self.log_noise).exp()[:, None, None] * torch.eye(self.n_basis, dtype=self.centers.dtype,
+                                                                       device=self.centers.device)
+        return torch.linalg.solve(self.gram() + noise, self.targets[..., None])[..., 0]
+
+    def _initialize_output(self, scale: float, generator: torch.Generator | None) -> None:
+        """Pseudo-targets ``N(0, scale^2)``."""
+        if generator is None:
+            self.targets.normal_(0.0, scale)
+        else:
+            noise = torch.randn(self.targets.shape, generator=generator, dtype=self.targets.dtype)
+            self.targets.copy_(scale * noise.to(self.targets.device))
