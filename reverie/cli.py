@@ -36,6 +36,7 @@ from reverie.runs import (
     config_from_dict,
     format_help,
     plot_learning_curves,
+    read_config_file,
     read_run_info,
     resolve_config,
 )
@@ -80,9 +81,11 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     train = sub.add_parser(
         "train",
         help="train a recipe (or resume a run)",
-        description="Train ALGO with its config: defaults, then --preset(s) in order, then "
-        "field=value overrides. `reverie train ALGO --help` lists the fields and presets.",
-        usage="reverie train ALGO [--env ENV] [--seed N] [--preset NAME ...] "
+        description="Train ALGO with its config: defaults, then --config FILE, then --preset(s) "
+        "in order, then --env/--seed and field=value overrides. `reverie train ALGO --help` "
+        "lists the fields and presets. A run's config.json is a valid --config FILE (its "
+        "run_dir is not reused; ALGO may then be left out).",
+        usage="reverie train ALGO [--config FILE] [--env ENV] [--seed N] [--preset NAME ...] "
         "[field=value ...]\n       reverie train --resume RUN_DIR [field=value ...]",
         epilog=_algorithms_text(),
         formatter_class=raw,
@@ -98,8 +101,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         action="append",
         default=[],
         metavar="NAME",
-        help="named preset from the recipe's PRESETS; repeatable, later presets win",
+        help="named preset from the recipe's PRESETS; repeatable, in any order (debug applies last)",
     )
+    train.add_argument("--config", metavar="FILE",
+                       help="JSON or YAML file of field: value (or a run's config.json)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     train.add_argument("args", nargs="*", metavar="ALGO | field=value", help=argparse.SUPPRESS)
 
@@ -194,6 +199,16 @@ def _train(args: argparse.Namespace, extra: list[str], parser: argparse.Argument
         )
     algo = positional[0] if positional else None
 
+    file_values = None
+    if args.config is not None:
+        if args.resume:
+            raise _UsageError("--config cannot be combined with --resume (a resumed run keeps "
+                              "its config; change single fields with field=value).")
+        try:
+            named, file_values = read_config_file(args.config, algo)
+        except ValueError as err:
+            raise _UsageError(str(err)) from None
+        algo = algo or named
     if args.resume:
         saved_algo, saved = _read_run(args.resume)
         if algo is not None and algo != saved_algo:
@@ -226,7 +241,8 @@ def _train(args: argparse.Namespace, extra: list[str], parser: argparse.Argument
                 first.append(f"env={args.env}")
             if args.seed is not None:
                 first.append(f"seed={args.seed}")
-            config = resolve_config(module.Config, args.preset, first + overrides)
+            config = resolve_config(module.Config, args.preset, first + overrides, file_values=file_values,
+                                    file_source=f"config file {args.config!r}")
     except ValueError as err:
         raise _UsageError(str(err)) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,55 @@ def test_a_resume_on_another_env_or_seed_is_refused(tmp_path, capsys):
         assert main(["train", "--resume", str(run), change]) == 2
         assert "cannot be resumed with" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+# ------------------------------------------------------------------ config files
+def _saved_config(run_dir: Path) -> dict:
+    return json.loads((run_dir / "config.json").read_text())["config"]
+
+
+def test_a_config_file_in_json_or_yaml_then_presets_then_overrides(tmp_path, capsys):
+    (tmp_path / "my.json").write_text(json.dumps({"seed": 7, "lr": 0.05, "batch_size": 16}))
+    (tmp_path / "my.yaml").write_text("# the same settings\nseed: 7\nlr: 0.05\nbatch_size: 16\n")
+    for name in ("my.json", "my.yaml"):
+        run = tmp_path / f"run_{name}"
+        assert main(["train", "toy", "--config", str(tmp_path / name), *DEBUG, "--preset", "small_batch",
+                     "lr=0.02", f"run_dir={run}"]) == 0
+        saved = _saved_config(run)
+        assert (saved["seed"], saved["batch_size"], saved["lr"]) == (7, 4, 0.02)  # file < preset < override
+        assert saved["total_steps"] == 240  # the debug preset applied
+
+
+def test_a_run_config_json_is_a_valid_config_file_for_a_new_run(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", "toy", *DEBUG, "seed=3", "lr=0.07", f"run_dir={first}"]) == 0
+    # no ALGO needed: the file names it; its run_dir is not reused
+    assert main(["train", "--config", str(first / "config.json"), f"run_dir={second}"]) == 0
+    a, b = _saved_config(first), _saved_config(second)
+    assert {k for k in a if a[k] != b[k]} == {"run_dir"}
+    assert json.loads((first / "summary.json").read_text())["eval/return"] == \
+        json.loads((second / "summary.json").read_text())["eval/return"]
+
+
+@pytest.mark.parametrize(("content", "suffix", "message"), [
+    ('{"seed": 1, "totl_steps": 3}', ".json", r"config file '.*bad.json': Unknown field 'totl_steps'. "
+                                              r"Did you mean 'total_steps'"),
+    ('{"seed": "x"}', ".json", r"Cannot parse seed='x'"),
+    ("seed: [1", ".yaml", r"config file '.*bad.yaml' does not parse"),
+    ("[1, 2]", ".json", r"holds a list, not a mapping"),
+    ('{"algo": "pets", "config": {"seed": 1}}', ".json", r"is the config of a 'pets' run, not 'toy'"),
+])
+def test_a_bad_config_file_exits_2_naming_the_file_and_the_problem(tmp_path, capsys, content, suffix, message):
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_text(content)
+    assert main(["train", "toy", "--config", str(bad), f"run_dir={tmp_path / 'run'}"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_errors_missing_file_and_resume(tmp_path, capsys):
+    assert main(["train", "toy", "--config", str(tmp_path / "nope.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "ok.json").write_text("{}")
+    assert main(["train", "--resume", str(tmp_path), "--config", str(tmp_path / "ok.json")]) == 2
+    assert "--config cannot be combined with --resume" in capsys.readouterr().err

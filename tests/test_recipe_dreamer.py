@@ -8,7 +8,8 @@ import torch
 from reverie.algorithms import dreamer
 from reverie.cli import main
 from reverie.diagnostics import imagine_open_loop
-from reverie.training import check_buffer_memory
+from reverie.runs import resolve_config
+from reverie.training import budget_capacity
 
 
 def test_world_model_losses_fall_on_pendulum_data():
@@ -67,13 +68,32 @@ def test_dreamer_debug_run_eval_and_resume(tmp_path):
     assert state["loop"]["next_episode"] == 6 and state["loop"]["batches"] == 6
 
 
-def test_buffer_that_cannot_fit_in_memory_is_refused_with_the_fix():
+def test_the_replay_capacity_follows_the_memory_budget():
     from tensordict import TensorDict
 
     frame = TensorDict({"pixels": torch.zeros(3, 64, 64), ("next", "pixels"): torch.zeros(3, 64, 64)}, [])
-    check_buffer_memory(frame, 10_000)  # 1 GB: fine
-    with pytest.raises(ValueError, match="lower buffer_size"):
-        check_buffer_memory(frame, 1_000_000)  # 98 GB
+    assert budget_capacity(1_000_000, 4.0, frame) == 4_000_000_000 // 98_304  # 40,690 frames pairs
+    assert budget_capacity(10_000, 4.0, frame) == 10_000  # the requested size fits
+    with pytest.raises(ValueError, match="buffer_gb=1e-06 holds no transition of 98.3 kB; raise buffer_gb"):
+        budget_capacity(10, 1e-6, frame)
+    with pytest.raises(ValueError, match="more than half of this machine's .* lower buffer_gb"):
+        budget_capacity(10**9, 10**6, frame)
+
+
+@pytest.mark.parametrize("presets", [["cpu"], ["debug"], ["pixels", "debug"], ["debug", "pixels"]])
+def test_pixels_work_with_every_preset_and_presets_compose_in_any_order(presets):
+    """``pixels=true`` with any preset: a million-step buffer of 49 kB frames is cut to the
+    4 GB budget instead of refused (it needed 98 GB)."""
+    config = resolve_config(dreamer.Config, presets, ["pixels=true"])
+    assert config == resolve_config(dreamer.Config, presets[::-1], ["pixels=true"])
+    env = dreamer.make_env(config)
+    agent = dreamer.make_agent(config, env, torch.device("cpu"))
+    per = 3 * 64 * 64 * 4  # one stored frame (the model reads ("next", pixels) only)
+    if config.buffer_size * per <= 3.9e9:
+        assert agent.capacity == config.buffer_size
+    else:  # the frame plus under 512 bytes of state, action, reward and flags
+        assert 4e9 // (per + 512) <= agent.capacity <= 4e9 // per
+    assert agent.make_buffer().storage.max_size == agent.capacity
 
 
 def test_resize_image_spec_and_values():

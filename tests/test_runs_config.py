@@ -129,13 +129,25 @@ def test_malformed_override():
         resolve_config(DemoConfig, [], ["lr"])
 
 
-def test_presets_stack_in_order_then_overrides_win():
-    c = resolve_config(DemoConfig, ["debug", "fast"], [])
-    assert c.steps == 100 and c.lr == 3e-3 and c.hidden == (8,) and c.progress is False
-    c = resolve_config(DemoConfig, ["fast", "debug"], [])
-    assert c.steps == 10 and c.lr == 3e-3
+def test_presets_compose_in_any_order_with_debug_last_then_overrides_win():
+    for order in (["debug", "fast"], ["fast", "debug"]):
+        c = resolve_config(DemoConfig, order, [])  # debug shrinks whatever else was chosen
+        assert c.steps == 10 and c.lr == 3e-3 and c.hidden == (8,) and c.progress is False
     c = resolve_config(DemoConfig, ["debug", "fast"], ["steps=7"])
     assert c.steps == 7
+    assert resolve_config(DemoConfig, ["fast", "strings"]) == resolve_config(DemoConfig, ["strings", "fast"])
+
+
+def test_presets_that_are_alternatives_are_refused_naming_both_and_the_field():
+    class Sized(DemoConfig):
+        PRESETS: ClassVar[dict[str, dict[str, object]]] = {
+            "small": {"steps": 100, "lr": 1e-3}, "large": {"steps": 1000, "lr": 1e-3}, "debug": {"steps": 1}}
+
+    with pytest.raises(ValueError, match=r"Presets 'small' and 'large' both set steps \(100 vs 1000\)"):
+        resolve_config(Sized, ["large", "small"])
+    with pytest.raises(ValueError, match="alternatives"):  # debug does not settle it
+        resolve_config(Sized, ["large", "small", "debug"])
+    assert resolve_config(Sized, ["debug", "large"]).steps == 1
     # preset values written as strings are parsed like overrides
     c = resolve_config(DemoConfig, ["strings"])
     assert c.hidden == (16, 16) and c.use_ensemble is True

@@ -77,7 +77,7 @@ from reverie.training import (
     Agent,
     CountsUpdates,
     Schedule,
-    check_buffer_memory,
+    budget_capacity,
     make_replay_buffer,
 )
 from reverie.training.checks import require_continuous_actions
@@ -121,7 +121,10 @@ class Config(RunConfig):
                                    "the action range; 0: none).", low=0)
     eval_every: int = cfg(2000, "Evaluate every this many env steps (0: only at the end).", low=0)
     eval_episodes: int = cfg(5, "Episodes per evaluation.", low=1)
-    buffer_size: int = cfg(1_000_000, "Replay capacity (agent steps).", low=1)
+    buffer_size: int = cfg(1_000_000, "Replay capacity (agent steps), at most what fits in buffer_gb.", low=1)
+    buffer_gb: float = cfg(4.0, "Replay memory budget in GB: the buffer holds buffer_size transitions or as "
+                           "many as fit in it, whichever is fewer (a 64x64 RGB frame takes 49 kB: about "
+                           "81,000 in 4 GB; a state transition ~50 bytes).", low=0, low_open=True)
     checkpoint_every: int = cfg(2000, "Checkpoint every this many env steps (0: only at the end).",
                                 low=0)
 
@@ -247,6 +250,10 @@ class DreamerAgent(CountsUpdates, Agent):
         self.obs_key = "pixels" if config.pixels else "observation"
         self.models = make_models(config, env, device)  # a plain dict: modules are shared
         self.world_model, self.actor, self.value = (self.models[k] for k in ("world_model", "actor", "value"))
+        self.capacity = budget_capacity(config.buffer_size, config.buffer_gb, self.store(env.fake_tensordict()), NAME)
+        if self.capacity < config.batch_length:
+            raise ValueError(f"{NAME}: buffer_gb={config.buffer_gb} holds {self.capacity} transitions, fewer "
+                             f"than batch_length={config.batch_length}; raise buffer_gb.")
         model_loss = DreamerModelLoss(self.world_model, free_nats=config.free_nats)
         model_loss.set_keys(observation=("next", self.obs_key),
                             reconstruction=("next", "reco_" + self.obs_key))
@@ -270,7 +277,7 @@ class DreamerAgent(CountsUpdates, Agent):
     def make_buffer(self):
         c = self.config
         sampler = SliceSampler(slice_len=c.batch_length, traj_key=EPISODE_KEY, strict_length=True)
-        return make_replay_buffer(c.buffer_size, c.batch_size * c.batch_length, self.device, sampler)
+        return make_replay_buffer(self.capacity, c.batch_size * c.batch_length, self.device, sampler)
 
     def store(self, batch):
         """Scaled rewards; neither the actor's distribution nor the root frames (the model
@@ -278,7 +285,6 @@ class DreamerAgent(CountsUpdates, Agent):
         data = batch.exclude("loc", "scale", "action_log_prob", "step_count", ("next", "step_count"))
         if self.config.pixels:
             data = data.exclude("pixels")
-        check_buffer_memory(data[0], self.config.buffer_size, NAME)
         data.set(("next", "reward"), data.get(("next", "reward")) * self.config.reward_scale)
         return data
 

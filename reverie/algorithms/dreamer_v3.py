@@ -109,7 +109,7 @@ from reverie.training import (
     Agent,
     CountsUpdates,
     Schedule,
-    check_buffer_memory,
+    budget_capacity,
     make_replay_buffer,
 )
 
@@ -173,7 +173,10 @@ class Config(RunConfig):
     warmup: int = cfg(1000, "Updates of linear learning-rate warm-up (0: none).", low=0)
     eval_every: int = cfg(5000, "Evaluate every this many env steps (0: only at the end).", low=0)
     eval_episodes: int = cfg(5, "Episodes per evaluation.", low=1)
-    buffer_size: int = cfg(1_000_000, "Replay capacity (agent steps).", low=1)
+    buffer_size: int = cfg(1_000_000, "Replay capacity (agent steps), at most what fits in buffer_gb.", low=1)
+    buffer_gb: float = cfg(4.0, "Replay memory budget in GB: the buffer holds buffer_size transitions or as "
+                           "many as fit in it, whichever is fewer (a 64x64 RGB frame takes 49 kB: about "
+                           "81,000 in 4 GB; a state transition ~50 bytes).", low=0, low_open=True)
     checkpoint_every: int = cfg(2000, "Checkpoint every this many env steps (0: only at the end).",
                                 low=0)
 
@@ -343,6 +346,10 @@ class DreamerV3Agent(CountsUpdates, Agent):
             eval_episodes=config.eval_episodes)
         self.obs_key = "pixels" if config.pixels else "observation"
         self.models = make_models(config, env, device)  # a plain dict: modules are shared
+        self.capacity = budget_capacity(config.buffer_size, config.buffer_gb, self.store(env.fake_tensordict()), NAME)
+        if self.capacity < config.batch_length:
+            raise ValueError(f"{NAME}: buffer_gb={config.buffer_gb} holds {self.capacity} transitions, fewer "
+                             f"than batch_length={config.batch_length}; raise buffer_gb.")
         self.world_model, self.actor, self.critic, self.slow_critic = (
             self.models[k] for k in ("world_model", "actor", "critic", "slow_critic"))
         self.return_normalizer = ReturnNormalizer().to(device)
@@ -384,7 +391,7 @@ class DreamerV3Agent(CountsUpdates, Agent):
         ``batch_length``."""
         c = self.config
         sampler = SliceSampler(slice_len=c.batch_length, traj_key=STREAM_KEY, strict_length=True)
-        return make_replay_buffer(c.buffer_size, c.batch_size * c.batch_length, self.device, sampler)
+        return make_replay_buffer(self.capacity, c.batch_size * c.batch_length, self.device, sampler)
 
     def store(self, batch):
         """Transitions without the actor's outputs, in one replay stream (``stream`` = 0);
@@ -393,7 +400,6 @@ class DreamerV3Agent(CountsUpdates, Agent):
         if self.config.pixels:
             data = data.exclude("pixels")
         data.set(STREAM_KEY, torch.zeros(data.shape, dtype=torch.int8))
-        check_buffer_memory(data[0], self.config.buffer_size, NAME)
         return data
 
     def update(self, buffer, batch) -> dict:

@@ -28,6 +28,7 @@ from .config import (
     explicit_fields,
     format_help,
     parse_value,
+    read_config_file,
     resolve_config,
 )
 from .plots import plot_learning_curves, read_metrics
@@ -48,6 +49,7 @@ __all__ = [
     "config_from_dict",
     "format_help",
     "explicit_fields",
+    "read_config_file",
     "Run",
     "read_run_info",
     "save_checkpoint",

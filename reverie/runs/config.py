@@ -5,9 +5,11 @@ Every recipe describes its hyper-parameters as a dataclass that subclasses
 or :func:`cfg_factory`), and the class attribute ``PRESETS`` names bundles of values
 (at least ``"debug"``: a run that finishes in seconds).
 
-A configuration is built in three layers by :func:`resolve_config`: the dataclass
-defaults, then the named presets in order (later presets win), then ``field=value``
-overrides parsed from strings with the field's type annotation.
+A configuration is built in layers by :func:`resolve_config`: the dataclass defaults,
+then a config file's values (:func:`read_config_file`, JSON or YAML), then the named
+presets (in the recipe's order with ``debug`` last, so they compose in any order; two
+presets that are alternatives are an error), then ``field=value`` overrides parsed from
+strings with the field's type annotation.
 
 >>> from dataclasses import dataclass
 >>> from typing import ClassVar, Literal
@@ -34,11 +36,13 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import textwrap
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
 __all__ = [
@@ -54,6 +58,7 @@ __all__ = [
     "config_from_dict",
     "format_help",
     "explicit_fields",
+    "read_config_file",
 ]
 
 C = TypeVar("C", bound="RunConfig")
@@ -454,6 +459,40 @@ def apply_preset(values: dict[str, Any], config_cls: type, preset: str) -> dict[
     return out
 
 
+#: the preset that shrinks any run to a smoke test: applied after the others, whatever the order
+DEBUG_PRESET = "debug"
+
+
+def order_presets(config_cls: type, presets: Sequence[str]) -> list[str]:
+    """The presets in the order they apply: the recipe's declaration order (``PRESETS``), with
+    ``debug`` last, whatever order they were given in -- so presets compose in any order.
+
+    Raises:
+        ValueError: an unknown preset, or two presets other than ``debug`` that set one field
+            to different values (they are alternatives: the message names both and the field).
+
+    >>> order_presets(RunConfig, [])
+    []
+    """
+    declared = _presets(config_cls)
+    for name in presets:
+        if name not in declared:
+            raise _unknown("preset", name, declared)
+    names = list(dict.fromkeys(presets))
+    order = list(declared)
+    names.sort(key=lambda n: (n == DEBUG_PRESET, order.index(n)))
+    plain = [n for n in names if n != DEBUG_PRESET]
+    for i, a in enumerate(plain):
+        for b in plain[i + 1:]:
+            for field in declared[a].keys() & declared[b].keys():
+                if declared[a][field] != declared[b][field]:
+                    raise ValueError(
+                        f"Presets {a!r} and {b!r} both set {field} ({declared[a][field]!r} vs "
+                        f"{declared[b][field]!r}): they are alternatives. Give one of them and set "
+                        f"single fields with field=value (e.g. {field}={declared[b][field]}).")
+    return names
+
+
 def _split_override(item: str) -> tuple[str, str]:
     """``"field=value"`` -> ``("field", "value")`` (``--field-name=v`` is accepted too)."""
     name, sep, text = item.partition("=")
@@ -494,21 +533,103 @@ def _defaults(config_cls: type) -> dict[str, Any]:
     return out
 
 
+#: fields a config file never sets: they name the run a file came from, not settings
+RUN_IDENTITY_FIELDS = ("run_dir", "resume")
+
+
+def read_config_file(path: str | os.PathLike, algo: str | None = None) -> tuple[str | None, dict[str, Any]]:
+    """Read config values from a JSON or YAML file (``.yaml``/``.yml`` needs PyYAML).
+
+    The file is either a mapping ``{field: value}`` or a run's ``config.json``
+    (``{"algo": ..., "config": {...}}``). ``run_dir`` and ``resume`` are left out: a file
+    holds settings, and a new run gets its own folder.
+
+    Args:
+        path: the file.
+        algo: the recipe the values are for; a run's ``config.json`` of another recipe is
+            an error.
+
+    Returns:
+        ``(algo, values)``: the recipe the file names (``None`` for a plain mapping) and
+        the field values (unparsed; :func:`resolve_config` checks names and types).
+
+    Raises:
+        ValueError: the file is missing, does not parse, is not a mapping, or names
+            another recipe.
+
+    Examples:
+        >>> import json, tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "my.json"
+        >>> _ = f.write_text(json.dumps({"seed": 3, "run_dir": "runs/old"}))
+        >>> read_config_file(f)
+        (None, {'seed': 3})
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist (or is not a file).")
+    text = path.read_text()
+    loads = json.loads
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"config file {str(path)!r} is YAML, which needs PyYAML: pip install "
+                             "pyyaml (or 'reverie[yaml]'), or give a .json file.") from None
+        loads = yaml.safe_load
+    try:
+        data = loads(text)
+    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
+        raise ValueError(f"config file {str(path)!r} does not parse: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} holds a {type(data).__name__}, not a mapping "
+                         "of field: value (or a run's config.json).")
+    named = None
+    if "config" in data and isinstance(data["config"], dict) and set(data) <= {"algo", "config"}:
+        named, data = data.get("algo"), data["config"]
+        if algo is not None and named is not None and named != algo:
+            raise ValueError(f"config file {str(path)!r} is the config of a {named!r} run, not {algo!r}.")
+    return named, {k: v for k, v in data.items() if k not in RUN_IDENTITY_FIELDS}
+
+
+def apply_file_values(values: dict[str, Any], config_cls: type, file_values: Mapping[str, Any],
+                      source: str = "config file") -> dict[str, Any]:
+    """Return ``values`` updated with ``file_values`` (field -> value, parsed by type).
+
+    Raises:
+        ValueError: an unknown field (names the source and lists the valid fields) or a value
+            of the wrong type.
+    """
+    types_ = _field_types(config_cls)
+    out = dict(values)
+    for name, value in file_values.items():
+        if name not in types_:
+            err = _unknown("field", name, types_)
+            raise ValueError(f"{source}: {err}") from None
+        out[name] = parse_value(value, types_[name], name)
+    return out
+
+
 def resolve_config(
     config_cls: type[C],
     presets: Sequence[str] = (),
     overrides: Sequence[str] = (),
     *,
     base: C | None = None,
+    file_values: Mapping[str, Any] | None = None,
+    file_source: str = "config file",
 ) -> C:
-    """Build a config: dataclass defaults, then ``presets`` in order, then ``overrides``.
+    """Build a config: dataclass defaults, then ``file_values`` (a config file), then
+    ``presets`` in order, then ``overrides``.
 
     Args:
         config_cls: a :class:`RunConfig` subclass (every field needs a default).
-        presets: names from ``config_cls.PRESETS``; they stack, later ones win.
+        presets: names from ``config_cls.PRESETS``; they apply in the recipe's order with
+            ``debug`` last (:func:`order_presets`), so the order given does not matter.
         overrides: ``"field=value"`` strings, parsed with the field's annotation.
         base: start from this config instead of the defaults (used to resume a run
             with a few fields changed).
+        file_values: field values read from a file (:func:`read_config_file`).
+        file_source: how errors name the file.
 
     Returns:
         An instance of ``config_cls``. It remembers the names of the fields the presets
@@ -525,7 +646,10 @@ def resolve_config(
     else:
         values = _defaults(config_cls)
     explicit: set[str] = set()
-    for preset in presets:
+    if file_values:
+        values = apply_file_values(values, config_cls, file_values, file_source)
+        explicit.update(file_values)
+    for preset in order_presets(config_cls, presets):
         values = apply_preset(values, config_cls, preset)
         explicit.update(_presets(config_cls)[preset])
     values = apply_overrides(values, config_cls, overrides)
@@ -656,7 +780,8 @@ def format_help(config_cls: type, prog: str | None = None) -> str:
     block("Run fields, shared by all recipes (override with field=value):", shared)
 
     presets = _presets(config_cls)
-    lines.append("Presets (--preset NAME, repeatable; later presets win):")
+    lines.append("Presets (--preset NAME, repeatable, in any order: they apply in the order listed,")
+    lines.append("debug last; two that set one field to different values are alternatives):")
     if not presets:
         lines.append("  (none)")
     for name, values in presets.items():

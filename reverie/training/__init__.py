@@ -12,8 +12,8 @@
 
 from .agent import Agent, CountsUpdates, Schedule
 from .buffer import (
+    budget_capacity,
     buffer_state_dict,
-    check_buffer_memory,
     load_buffer_state_dict,
     make_replay_buffer,
 )
@@ -36,7 +36,7 @@ __all__ = [
     "LoopState",
     "make_replay_buffer",
     "buffer_state_dict",
-    "check_buffer_memory",
+    "budget_capacity",
     "load_buffer_state_dict",
     "make_collector",
     "wrap_env",

@@ -30,7 +30,8 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import Sampler
 
-__all__ = ["make_replay_buffer", "buffer_state_dict", "check_buffer_memory", "load_buffer_state_dict",
+__all__ = ["make_replay_buffer", "buffer_state_dict", "budget_capacity",
+           "load_buffer_state_dict", "transition_bytes",
            "ToDevice"]
 
 
@@ -119,13 +120,43 @@ def load_buffer_state_dict(buffer: ReplayBuffer, state: Mapping[str, Any]) -> No
         buffer.sampler.load_state_dict(state["_sampler"])
 
 
-def check_buffer_memory(transition: TensorDictBase, capacity: int, who: str = "replay") -> None:
-    """Fail early when ``capacity`` transitions like ``transition`` would need more than half
-    of this machine's memory (the error names the size and says to lower ``buffer_size``)."""
-    need = capacity * sum(v.numel() * v.element_size() for v in transition.values(True, True))
+def transition_bytes(transition: TensorDictBase) -> int:
+    """Bytes one stored transition takes (every leaf of ``transition``, batch size ``()``)."""
+    return int(sum(v.numel() * v.element_size() for v in transition.values(True, True)))
+
+
+def budget_capacity(buffer_size: int, buffer_gb: float, transition: TensorDictBase,
+                    who: str = "replay") -> int:
+    """The replay capacity: ``buffer_size`` transitions like ``transition``, or as many as fit
+    in ``buffer_gb`` GB, whichever is fewer.
+
+    A state transition of a few floats fits a million times in a few MB; a 64x64 RGB frame
+    stored as float32 takes 49 kB, so a pixel run's million transitions would need 49 GB and
+    the budget keeps it to what the machine holds. Storage grows as data arrive: the budget
+    bounds the memory, it is not taken at the start.
+
+    Raises:
+        ValueError: not one transition fits in the budget, or the budget is more than half
+            of this machine's memory (names ``buffer_gb``, the sizes and the fix).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> frame = TensorDict({"pixels": torch.zeros(3, 64, 64)}, [])  # 49,152 bytes
+        >>> budget_capacity(1_000_000, 1.0, frame)
+        20345
+        >>> budget_capacity(10_000, 1.0, frame)
+        10000
+    """
+    per = max(transition_bytes(transition), 1)
+    fit = int(buffer_gb * 1e9 // per)
+    if fit < 1:
+        raise ValueError(f"{who}: buffer_gb={buffer_gb} holds no transition of {per / 1e3:.1f} kB; "
+                         "raise buffer_gb.")
+    capacity = min(int(buffer_size), fit)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > 0.5 * total:
+    if capacity * per > 0.5 * total:
         raise ValueError(
-            f"{who}: buffer_size={capacity} transitions of {need / capacity / 1e3:.0f} kB need "
-            f"{need / 1e9:.1f} GB, more than half of this machine's {total / 1e9:.0f} GB; lower "
-            "buffer_size (the `pixels` presets use 10000).")
+            f"{who}: {capacity} transitions of {per / 1e3:.1f} kB need {capacity * per / 1e9:.1f} GB, "
+            f"more than half of this machine's {total / 1e9:.0f} GB; lower buffer_gb (or buffer_size).")
+    return capacity
