@@ -345,3 +345,29 @@ def test_config_file_errors_missing_file_and_resume(tmp_path, capsys):
     (tmp_path / "ok.json").write_text("{}")
     assert main(["train", "--resume", str(tmp_path), "--config", str(tmp_path / "ok.json")]) == 2
     assert "--config cannot be combined with --resume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ a quiet console
+def _output_of(args: list[str], tmp_path: Path) -> tuple[str, str]:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}  # as in containers and CI
+    proc = subprocess.run([sys.executable, "-m", "reverie.cli", "train", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, proc.stderr
+
+
+def test_the_console_holds_the_progress_bar_and_our_messages_only(tmp_path):
+    """A pixel Dreamer run: no TorchRL INFO line over the progress bar, no SDL
+    "XDG_RUNTIME_DIR is invalid" line, no warning; ``verbose=true`` shows TorchRL's INFO."""
+    out, err = _output_of(["dreamer", "--preset", "debug", "pixels=true", "env_steps=200", "seed_episodes=1",
+                           "eval_every=200", f"run_dir={tmp_path / 'quiet'}"], tmp_path)
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(line.startswith("env steps:") for line in lines), lines  # the bar only
+    assert [line.split(":")[0] for line in out.splitlines()] == ["Final metrics", "Run folder", "Learning curves"]
+    out, err = _output_of(["pets", "--preset", "debug", "episodes=2", "verbose=true", "progress=false",
+                           f"run_dir={tmp_path / 'verbose'}"], tmp_path)
+    assert "[torchrl][INFO]" in out + err and "Initialized LazyTensorStorage" in out + err

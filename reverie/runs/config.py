@@ -198,6 +198,7 @@ class RunConfig:
         True, "Also log scalars to TensorBoard (only when the tensorboard package is installed)."
     )
     progress: bool = cfg(True, "Show a tqdm progress bar.")
+    verbose: bool = cfg(False, "Show TorchRL's INFO log lines (off: its warnings and errors only).")
     resume: str | None = cfg(
         None, "Run folder to continue from its checkpoint.pt (uses that run's saved config)."
     )

@@ -26,10 +26,12 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import logging
 import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -67,6 +69,19 @@ class RunFolderError(ValueError):
     ``config.json`` is damaged."""
 CURVE_FILE = "learning_curve.png"
 _NOT_RESUMED = ("resume", "run_dir")
+
+
+def quiet_console(verbose: bool = False) -> None:
+    """Keep the console to the progress bar and the run's own messages.
+
+    TorchRL's INFO lines (``Initialized LazyTensorStorage ...``) print over the progress bar:
+    its logger is set to WARNING unless ``verbose``. Pixel envs rendered through SDL print
+    "XDG_RUNTIME_DIR is invalid or not set" when that variable is missing (containers,
+    CI): it is set to a private folder of this process when unset.
+    """
+    logging.getLogger("torchrl").setLevel(logging.INFO if verbose else logging.WARNING)
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="reverie-xdg-")  # mode 0700
 
 
 def read_run_info(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
@@ -198,6 +213,7 @@ class Run:
         Run.last_dir = self.dir
 
         torch.set_num_threads(self.config.num_threads)
+        quiet_console(getattr(self.config, "verbose", False))
         seed_everything(self.config.seed)
 
         self.start_step = 0

@@ -44,8 +44,9 @@ EPISODE_KEY = "episode"
 
 
 def wrap_env(env: EnvBase, max_steps: int) -> TransformedEnv:
-    """``env`` with a ``StepCounter(max_steps)``, an ``InitTracker`` and a ``RewardSum``."""
-    return TransformedEnv(env, Compose(StepCounter(max_steps), InitTracker(), RewardSum()))
+    """``env`` with a ``StepCounter(max_steps)``, an ``InitTracker`` and a ``RewardSum``
+    (appended to the transforms of a ``TransformedEnv``: one flat transform stack)."""
+    return TransformedEnv(env, Compose(StepCounter(max_steps), InitTracker(), RewardSum()), auto_unwrap=True)
 
 
 class EnvFactory:
