@@ -143,7 +143,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         "seed_<s>.csv, learning_curve.png and summary.json (command, seeds, env_steps, "
         "eval_return, threshold, wall_clock_s, commit, seed_commands, seed_commits) into "
         "--out. Settings are never mixed: an existing seed folder made with other settings "
-        "(any config field except run_dir, resume, progress, tensorboard, checkpoint_every) "
+        "(any config field except run_dir, resume, progress, verbose, logger, logger_offline, checkpoint_every) "
         "is refused before anything runs; use a new --runs-root or delete the folder.",
     )
     seeds.add_argument("algo", metavar="ALGO")

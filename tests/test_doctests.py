@@ -23,7 +23,7 @@ import torch
 
 import reverie
 
-OPTIONAL_EXTRAS = {"gpytorch", "botorch", "mujoco", "dm_control", "tensorboard"}
+OPTIONAL_EXTRAS = {"gpytorch", "botorch", "mujoco", "dm_control", "tensorboard", "wandb", "mlflow", "yaml"}
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 

@@ -17,7 +17,7 @@ from reverie.runs import load_checkpoint, resolve_config
 def _train(tmp_path, name: str, *overrides: str):
     run_dir = tmp_path / name
     config = resolve_config(dreamer_v3.Config, ["debug"],
-                            ["progress=false", "tensorboard=false", f"run_dir={run_dir}", *overrides])
+                            ["progress=false", f"run_dir={run_dir}", *overrides])
     return dreamer_v3.train(config), run_dir
 
 

@@ -47,7 +47,7 @@ def test_defaults_and_no_overrides():
     c = resolve_config(DemoConfig)
     assert c == DemoConfig()
     assert c.env == "Pendulum-v1" and c.seed == 0 and c.num_threads == 1 and c.device == "cpu"
-    assert c.run_dir is None and c.resume is None and c.tensorboard and c.progress
+    assert c.run_dir is None and c.resume is None and c.logger == "csv" and c.progress
 
 
 @pytest.mark.parametrize(
@@ -216,7 +216,7 @@ def test_help_lists_every_field_with_type_default_help_and_presets():
         assert f"  {name}: " in text
     for name in ("env", "seed", "num_threads", "device", "run_dir", "checkpoint_every"):
         assert f"  {name}: " in text
-    for name in ("tensorboard", "progress", "resume"):
+    for name in ("logger", "progress", "resume"):
         assert f"  {name}: " in text
     assert "lr: float = 0.001" in text
     assert "hidden: tuple[int, ...] = 64,64" in text

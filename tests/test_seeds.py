@@ -96,7 +96,7 @@ def test_seeds_refuses_a_folder_made_with_other_settings(finished, capsys):
     assert main(["seeds", "worldmodel", "--env", "Pendulum-v1", "--seeds", "0", "--out",
                  str(out), "--runs-root", str(root), *TINY]) == 2
     assert "seed 0:" in capsys.readouterr().err
-    assert main(_argv(out, root, *TINY, "tensorboard=false", "checkpoint_every=7",
+    assert main(_argv(out, root, *TINY, "checkpoint_every=7",
                       "progress=true")) == 0
     assert (root / "seed_0" / "summary.json").stat().st_mtime_ns == before[0]
 

@@ -24,7 +24,7 @@ import torch
 from reverie.runs import load_checkpoint
 
 TESTS = Path(__file__).resolve().parent
-SETTINGS = ["--preset", "debug", "total_steps=800", "checkpoint_every=80", "tensorboard=false"]
+SETTINGS = ["--preset", "debug", "total_steps=800", "checkpoint_every=80"]
 
 LAUNCH = f"""
 import os, signal, sys

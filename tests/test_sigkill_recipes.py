@@ -59,7 +59,7 @@ def _rows(run_dir: Path) -> list[str]:
 
 @pytest.mark.parametrize(("recipe", "overrides"), RECIPES, ids=[r for r, _ in RECIPES])
 def test_sigkill_at_a_random_moment_then_resume_gives_the_uninterrupted_run(tmp_path, recipe, overrides):
-    common = ["--preset", "debug", "progress=false", "tensorboard=false", *overrides]
+    common = ["--preset", "debug", "progress=false", *overrides]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     proc = _train([recipe, *common, f"run_dir={straight}"])
     first = _first_checkpoint(proc, straight)

@@ -189,7 +189,7 @@ def _rows(run_dir):
 ])
 def test_kill_and_resume_gives_the_uninterrupted_run(tmp_path, monkeypatch, recipe, agent_cls,
                                                      overrides, kill_at):
-    common = ["progress=false", "tensorboard=false", *overrides]
+    common = ["progress=false", *overrides]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     recipe.train(resolve_config(recipe.Config, ["debug"], [*common, f"run_dir={straight}"]))
     with monkeypatch.context() as patch:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import math
 import os
@@ -194,8 +195,14 @@ class RunConfig:
         "ones). 0 saves only at the end.",
         low=0,
     )
-    tensorboard: bool = cfg(
-        True, "Also log scalars to TensorBoard (only when the tensorboard package is installed)."
+    logger: str = cfg(
+        "csv", "Loggers beside metrics.csv (always written), comma-separated: csv (none), "
+        "tensorboard, wandb, mlflow (TorchRL's loggers, under logs/; extras reverie[tensorboard], "
+        "reverie[wandb], reverie[mlflow])."
+    )
+    logger_offline: bool = cfg(
+        True, "W&B and MLflow write inside the run folder (sync later: wandb sync logs/wandb/...); "
+        "false: W&B logs online, MLflow to MLFLOW_TRACKING_URI."
     )
     progress: bool = cfg(True, "Show a tqdm progress bar.")
     verbose: bool = cfg(False, "Show TorchRL's INFO log lines (off: its warnings and errors only).")
@@ -211,6 +218,9 @@ class RunConfig:
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
         check_bounds(self)
+        from .loggers import parse_loggers
+
+        parse_loggers(self.logger, check_packages=True)  # before any folder is created
 
 
 # ----------------------------------------------------------------------------- types
@@ -717,6 +727,12 @@ def config_from_dict(config_cls: type[C], data: Mapping[str, Any], *, strict: bo
     """
     types_ = _field_types(config_cls)
     values = _defaults(config_cls)
+    data = dict(data)
+    if "tensorboard" in data and "tensorboard" not in types_ and "logger" in types_:
+        # runs saved before `logger` existed: tensorboard=true logged to TensorBoard when installed
+        legacy = data.pop("tensorboard")
+        if legacy is True and "logger" not in data and importlib.util.find_spec("tensorboard"):
+            data["logger"] = "tensorboard"
     for name, value in data.items():
         if name not in types_:
             if strict:

@@ -5,8 +5,8 @@ Layout of a run folder::
     runs/<algo>/<env>/<YYYYmmdd-HHMMSS>-s<seed>/
         config.json          {"algo": ..., "config": {...}}: what `--resume` and `eval` read
         metrics.csv          tidy scalar log: columns step,name,value (one row per scalar)
-        logs/csv/scalars/    TorchRL CSVLogger files, one <name>.csv per metric
-        logs/tensorboard/    TorchRL TensorboardLogger events (if tensorboard is installed)
+        logs/tensorboard/    TorchRL TensorboardLogger events (logger=tensorboard)
+        logs/wandb/, logs/mlflow/   offline W&B / MLflow runs (logger=wandb, logger=mlflow)
         checkpoint.pt        latest checkpoint (atomic), see Run.save
         checkpoint.prev.pt   the one before: loaded when the latest is missing or unreadable
         summary.json         final metrics returned by the recipe
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
@@ -50,6 +49,7 @@ from .checkpoint import (
     seed_everything,
 )
 from .config import RunConfig, config_from_dict, config_to_dict, explicit_fields
+from .loggers import make_tracking_logger, parse_loggers, tensorboard_logger
 from .plots import METRICS_FILE, plot_learning_curves
 
 __all__ = ["Run", "read_run_info"]
@@ -167,9 +167,9 @@ class Run:
         resumed: whether this run continues an earlier one.
         overrides: on resume, the fields changed with respect to the saved config.
         start_step: the step restored by :meth:`load` (0 for new runs).
-        loggers: TorchRL loggers in use (CSVLogger, plus TensorboardLogger when enabled;
-            for a resumed run TensorBoard is opened by :meth:`load`), for anything beyond
-            scalars (e.g. ``log_video``).
+        loggers: the TorchRL loggers of ``config.logger`` (TensorBoard, W&B, MLflow; for a
+            resumed run TensorBoard is opened by :meth:`load`), for anything beyond
+            scalars (e.g. ``log_video``). ``metrics.csv`` is written apart.
 
     Recipes do not use a ``Run`` directly: the shared loop
     :func:`reverie.training.train` opens one and calls :meth:`load`, :meth:`log`,
@@ -321,30 +321,24 @@ class Run:
         )
 
     def _make_loggers(self) -> list:
-        from torchrl.record.loggers.csv import CSVLogger
-
-        loggers = [CSVLogger(exp_name="csv", log_dir=str(self.dir / "logs"))]
-        self._tensorboard_pending = (
-            self.config.tensorboard and importlib.util.find_spec("tensorboard") is not None
-        )
+        """TorchRL loggers named by ``config.logger`` (metrics.csv is written apart)."""
+        names = parse_loggers(getattr(self.config, "logger", "csv"))
+        self._tensorboard_pending = "tensorboard" in names
+        loggers = []
         if self._tensorboard_pending and not self.resumed:
             loggers.append(self._tensorboard_logger(purge_step=None))
         # a resumed run opens TensorBoard in load(), which knows the step to purge after
+        for name in names:
+            if name in ("wandb", "mlflow"):
+                loggers.append(make_tracking_logger(
+                    name, self.dir, self.dir.name, config_to_dict(self.config),
+                    offline=getattr(self.config, "logger_offline", True)))
         return loggers
 
     def _tensorboard_logger(self, purge_step: int | None) -> Any:
         """TorchRL's TensorboardLogger; ``purge_step`` hides events at or after that step."""
-        from torchrl.record.loggers.tensorboard import TensorboardLogger
-
-        class _PurgingTensorboardLogger(TensorboardLogger):
-            def _create_experiment(self):
-                from torch.utils.tensorboard import SummaryWriter
-
-                log_dir = os.path.join(self.log_dir, self.exp_name)
-                return SummaryWriter(log_dir=log_dir, purge_step=purge_step)
-
         self._tensorboard_pending = False
-        return _PurgingTensorboardLogger(exp_name="tensorboard", log_dir=str(self.dir / "logs"))
+        return tensorboard_logger(self.dir / "logs", purge_step)
 
     def discard(self) -> bool:
         """Remove the folder of a new run that failed while it was being set up (e.g. an
@@ -577,20 +571,10 @@ class Run:
             self._latest[r[1]] = float(r[2])
             self._note_rows(int(r[0]), [r[1]])
 
-        for logger in self.loggers:
-            files = getattr(logger.experiment, "files", None)
-            if isinstance(files, dict):  # CSVLogger keeps append handles open: close them
-                for fh in files.values():
-                    fh.close()
-                files.clear()
         if self._tensorboard_pending:
             self.loggers.append(
                 self._tensorboard_logger(purge_step=0 if step is None else step + 1)
             )
-        scalars = self.dir / "logs" / "csv" / "scalars"
-        for path in scalars.rglob("*.csv") if scalars.exists() else []:
-            lines = [ln for ln in path.read_text().splitlines() if ln and keep(ln.split(",", 1)[0])]
-            path.write_text("".join(ln + "\n" for ln in lines))
 
     # ------------------------------------------------------------------ end
 
@@ -647,13 +631,9 @@ class Run:
         if self._closed:
             return
         for logger in self.loggers:
-            files = getattr(logger.experiment, "files", None)
-            if isinstance(files, dict):
-                for fh in files.values():
-                    fh.close()
-                files.clear()
-            else:
-                logger.close()
+            close = getattr(logger, "close", None)
+            if close is not None:
+                close()
         self._closed = True
 
     def __enter__(self) -> Run:

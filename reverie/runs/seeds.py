@@ -20,7 +20,7 @@ the config saved in its ``config.json`` must equal the config this call would gi
 seed (resolved exactly as ``reverie train`` does: the recipe's defaults, then
 ``--preset`` s, then ``env=``, ``seed=`` and the ``field=value`` overrides). Fields that do
 not change results are not compared (:data:`IGNORED_FIELDS`: ``run_dir``, ``resume``,
-``progress``, ``tensorboard``, ``checkpoint_every``); any other difference, including a
+``progress``, ``verbose``, ``logger``, ``logger_offline``, ``checkpoint_every``); any other difference, including a
 larger budget, refuses the whole call with :class:`SeedSettingsError`, which names each
 seed, its folder and every differing field with both values. Use another ``--runs-root``
 (or delete the folder) to run other settings. Matching folders are reused: one holding
@@ -66,7 +66,8 @@ __all__ = [
 ]
 
 #: config fields that do not change a seed's results; they may differ from a seed folder's
-IGNORED_FIELDS = frozenset({"run_dir", "resume", "progress", "tensorboard", "checkpoint_every"})
+IGNORED_FIELDS = frozenset({"run_dir", "resume", "progress", "verbose", "logger", "logger_offline",
+                            "checkpoint_every"})
 
 #: per-seed record of the processes launched for it, in the seed's run folder
 PROVENANCE_FILE = "provenance.json"
