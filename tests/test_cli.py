@@ -367,7 +367,8 @@ def test_the_console_holds_the_progress_bar_and_our_messages_only(tmp_path):
                            "eval_every=200", f"run_dir={tmp_path / 'quiet'}"], tmp_path)
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
     assert lines and all(line.startswith("env steps:") for line in lines), lines  # the bar only
-    assert [line.split(":")[0] for line in out.splitlines()] == ["Final metrics", "Run folder", "Learning curves"]
+    assert [line.split(":")[0] for line in out.splitlines()] == ["Evaluation video", "Final metrics", "Run folder",
+                                                                 "Learning curves"]
     out, err = _output_of(["pets", "--preset", "debug", "episodes=2", "verbose=true", "progress=false",
                            f"run_dir={tmp_path / 'verbose'}"], tmp_path)
     assert "[torchrl][INFO]" in out + err and "Initialized LazyTensorStorage" in out + err

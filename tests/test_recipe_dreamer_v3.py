@@ -11,6 +11,7 @@ from torchrl.data import OneHot
 
 from reverie import load_agent
 from reverie.algorithms import dreamer_v3
+from reverie.diagnostics.video import video_suffix
 from reverie.runs import load_checkpoint, resolve_config
 
 
@@ -63,7 +64,8 @@ def test_size_presets_are_the_papers(preset):
 def test_pixel_debug_run_writes_the_open_loop_video(tmp_path):
     summary, run_dir = _train(tmp_path, "pixels", "pixels=true", "env_steps=300", "eval_every=0")
     assert summary["env_steps"] == 300
-    assert (run_dir / "diagnostics" / "imagined_vs_real.gif").exists()
+    assert (run_dir / "diagnostics" / f"imagined_vs_real{video_suffix()}").exists()
+    assert (run_dir / "diagnostics" / f"eval_episode{video_suffix()}").exists()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["pixels"] is True
 

@@ -81,6 +81,7 @@ from reverie.training import (
     make_replay_buffer,
 )
 from reverie.training.checks import require_continuous_actions
+from reverie.training.video import render_kwargs
 
 NAME = "dreamer"
 
@@ -153,9 +154,11 @@ class Config(RunConfig):
 
 
 # ----------------------------------------------------------------------------- env
-def make_env(config: Config):
-    """The task with action repeat; float observations, and 64x64 frames if ``pixels``."""
-    env = GymEnv(config.env, from_pixels=config.pixels, pixels_only=False)
+def make_env(config: Config, render: bool = False):
+    """The task with action repeat; float observations, and 64x64 frames if ``pixels``
+    (``render``: full-size frames for the evaluation video)."""
+    env = GymEnv(config.env, from_pixels=config.pixels, pixels_only=False,
+                 **render_kwargs(render, config.pixels))
     transforms = [FrameSkipTransform(config.action_repeat)]
     if any(s.dtype == torch.float64 for s in env.observation_spec.values(True, True)):
         transforms.append(DoubleToFloat())
@@ -319,7 +322,8 @@ class DreamerAgent(CountsUpdates, Agent):
         write_latent_diagnostics(
             env, self.policy(explore=True), self.models["latent_model"], self.obs_key, out_dir,
             seed, device=self.device,
-            title=f"Dreamer {self.config.env}: real vs imagined, seed {self.config.seed}")
+            title=f"Dreamer {self.config.env}: real vs imagined, seed {self.config.seed}",
+            video=self.config.pixels and self.config.video)
         return {}
 
 

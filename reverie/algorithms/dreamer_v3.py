@@ -27,7 +27,8 @@ Reads top to bottom: config -> env -> models -> agent (its update maths);
    single one).
 3. Evaluate every ``eval_every`` env steps and at the end with the actor's mode; draw the
    world model's open-loop imagination against real observations
-   (``diagnostics/imagined_vs_real.png``; for pixels also ``imagined_vs_real.gif``).
+   (``diagnostics/imagined_vs_real.png``; for pixels also ``imagined_vs_real.mp4``, ``.gif``
+   without an MP4 encoder).
 
 Observations: ``pixels=False`` uses the state vector (symlog inputs, MLP encoder/decoder);
 ``pixels=True`` renders 64x64 frames (the authors' conv encoder/decoder). Continuous actions
@@ -112,6 +113,7 @@ from reverie.training import (
     budget_capacity,
     make_replay_buffer,
 )
+from reverie.training.video import render_kwargs
 
 NAME = "dreamer_v3"
 STREAM_KEY = "stream"  # one replay stream: slices may cross episodes
@@ -212,10 +214,11 @@ class Config(RunConfig):
 
 
 # ----------------------------------------------------------------------------- env
-def make_env(config: Config):
+def make_env(config: Config, render: bool = False):
     """The task with action repeat, float observations, actions in ``[-1, 1]`` (continuous)
-    and 64x64 frames if ``pixels``."""
-    env = GymEnv(config.env, from_pixels=config.pixels, pixels_only=False)
+    and 64x64 frames if ``pixels`` (``render``: full-size frames for the evaluation video)."""
+    env = GymEnv(config.env, from_pixels=config.pixels, pixels_only=False,
+                 **render_kwargs(render, config.pixels))
     transforms = [FrameSkipTransform(config.action_repeat)] if config.action_repeat > 1 else []
     if any(s.dtype == torch.float64 for s in env.observation_spec.values(True, True)):
         transforms.append(DoubleToFloat())
@@ -448,7 +451,7 @@ class DreamerV3Agent(CountsUpdates, Agent):
             env, self.policy(explore=True), self.models["latent_model"], self.obs_key, out_dir,
             seed, device=self.device,
             title=f"DreamerV3 {self.config.env}: real vs imagined, seed {self.config.seed}",
-            video=self.config.pixels)
+            video=self.config.pixels and self.config.video)
         return {}
 
 

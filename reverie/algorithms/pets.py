@@ -52,6 +52,7 @@ from reverie.planners import CEMPlanner, ICEMPlanner, MPPIPlanner, PlannerPolicy
 from reverie.runs import RunConfig, cfg
 from reverie.training import Agent, Schedule, make_replay_buffer
 from reverie.training.checks import require_continuous_actions
+from reverie.training.video import render_kwargs
 
 NAME = "pets"
 
@@ -167,9 +168,10 @@ def make_world_model(config: Config, obs_dim: int, action_dim: int):
     return world_model, dynamics
 
 
-def make_env(config: Config):
-    """The Gymnasium task; float64 observations (MuJoCo) are cast to float32."""
-    env = GymEnv(config.env)
+def make_env(config: Config, render: bool = False):
+    """The Gymnasium task; float64 observations (MuJoCo) are cast to float32; ``render``: frames
+    for the evaluation video."""
+    env = GymEnv(config.env, **render_kwargs(render))
     if any(spec.dtype == torch.float64 for spec in env.observation_spec.values(True, True)):
         env = TransformedEnv(env, DoubleToFloat())
     return env

@@ -54,6 +54,7 @@ from reverie.objectives import ExponentialQuadraticCost
 from reverie.runs import RunConfig, cfg
 from reverie.training import EPISODE_KEY, Agent, Schedule, derive_seed, make_replay_buffer
 from reverie.training.checks import require_continuous_actions
+from reverie.training.video import render_kwargs
 
 NAME = "pilco"
 
@@ -82,10 +83,10 @@ class Config(RunConfig):
     policy_parameters: Literal["task", "weights", "pseudo_targets"] = cfg(
         "task", "What the policy search moves: the RBF network's 'weights', or the 'pseudo_targets' of "
         "a GP mean through the centres as PILCO's MATLAB code (the same functions, another search "
-        "geometry); 'task': the task's default.")
+        "geometry); 'task': the task's default (pseudo_targets on cart-pole, weights elsewhere).")
     policy_restarts: int = cfg(-1, "Extra policy searches per trial, each from a fresh random controller "
                                "with policy_iters evaluations; the policy of lowest imagined cost (these "
-                               "or the warm-started one) runs (-1: the task's default, 1 on cart-pole).",
+                               "or the warm-started one) runs (-1: the task's default, 0).",
                                low=-1)
     stop_when_solved: bool = cfg(True, "End training at the first solved trial.")
     eval_episodes: int = cfg(3, "Evaluation episodes (fresh start states) at the end.", low=1)
@@ -98,16 +99,18 @@ class Config(RunConfig):
     }
 
 
-def make_env(config: Config):
-    """The real env with float64 observations (moment matching runs in float64)."""
+def make_env(config: Config, render: bool = False):
+    """The real env with float64 observations (moment matching runs in float64); ``render``:
+    frames for the evaluation video."""
     name = config.env
     task = TASKS.get(name)
     if task is None:
         raise ValueError(f"pilco: no task definition for {name!r}; known: {sorted(TASKS)}.")
+    kwargs = {**(task.env_kwargs or {}), **render_kwargs(render)}
     if task.start_down:
-        env = GymWrapper(_StartDown(gym.make(name, **(task.env_kwargs or {}))), frame_skip=task.frame_skip)
+        env = GymWrapper(_StartDown(gym.make(name, **kwargs)), frame_skip=task.frame_skip)
     else:
-        env = GymEnv(name, frame_skip=task.frame_skip, **(task.env_kwargs or {}))
+        env = GymEnv(name, frame_skip=task.frame_skip, **kwargs)
     if env.observation_spec["observation"].dtype != torch.float64:
         env = TransformedEnv(env, DTypeCastTransform(torch.float32, torch.float64, in_keys=["observation"]))
     return env

@@ -48,6 +48,7 @@ from reverie.planners import rollout_objective
 from reverie.runs import RunConfig, cfg
 from reverie.training import Agent, Schedule, make_replay_buffer
 from reverie.training.checks import require_continuous_actions
+from reverie.training.video import render_kwargs
 
 NAME = "worldmodel"
 
@@ -228,9 +229,9 @@ def make_agent(config: Config, env, device: torch.device) -> WorldModelAgent:
     return WorldModelAgent(config, env, device)
 
 
-def make_env(config: Config):
-    """The Gymnasium task."""
-    return GymEnv(config.env)
+def make_env(config: Config, render: bool = False):
+    """The Gymnasium task (``render``: with frames for the evaluation video)."""
+    return GymEnv(config.env, **render_kwargs(render))
 
 
 def train(config: Config) -> dict:

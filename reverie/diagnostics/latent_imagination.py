@@ -108,13 +108,14 @@ def write_latent_diagnostics(env, policy, world_model, obs_key: NestedKey,
     Seeds ``env``, runs ``policy`` (sampling) for ``context + horizon`` steps, and predicts
     the last ``horizon`` observations open loop from the latent at step ``context`` with
     the real actions (:func:`imagine_open_loop`); writes ``imagined_vs_real.png`` (frames
-    or curves) and, with ``video``, ``imagined_vs_real.gif`` (real | imagined side by side)
+    or curves) and, with ``video``, ``imagined_vs_real.mp4`` (``.gif`` without an MP4 encoder;
+    real | imagined side by side)
     into ``out_dir``. Returns ``False`` (and writes nothing) when the episode ends within
     ``context`` steps.
     """
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-    from reverie.diagnostics.video import write_video
+    from reverie.diagnostics.video import video_suffix, write_video
 
     env.set_seed(seed)
     with set_exploration_type(ExplorationType.RANDOM):
@@ -129,5 +130,5 @@ def write_latent_diagnostics(env, policy, world_model, obs_key: NestedKey,
                           context=context, title=title)
     if video:
         write_video(torch.cat([truth, imagined.clamp(0, 1)], -1),
-                    os.path.join(out_dir, "imagined_vs_real.gif"))
+                    os.path.join(out_dir, "imagined_vs_real" + video_suffix()))
     return True

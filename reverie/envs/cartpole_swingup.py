@@ -80,13 +80,16 @@ class CartPoleSwingUp(gym.Env):
     ((6,), -1.0)
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     upright_tolerance = 0.2
 
     def __init__(self, max_steps: int = 40, dt: float = 0.1, substeps: int = 10,
-                 obs_noise: float = 0.0) -> None:
+                 obs_noise: float = 0.0, render_mode: str | None = None) -> None:
         if not obs_noise >= 0.0:
             raise ValueError(f"CartPoleSwingUp: obs_noise={obs_noise}; it must be >= 0.")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"CartPoleSwingUp: render_mode={render_mode!r}; it renders 'rgb_array' only.")
+        self.render_mode = render_mode
         self.dt, self.max_steps, self.substeps = dt, max_steps, substeps
         self.obs_noise = obs_noise
         self.max_force = 10.0
@@ -128,6 +131,29 @@ class CartPoleSwingUp(gym.Env):
         reward = -(1.0 - np.exp(-0.5 * diff @ swingup_cost_matrix() @ diff))
         upright = abs(self.angle_from_upright()) < self.upright_tolerance
         return self._obs(noisy=True), float(reward), False, self.t >= self.max_steps, {"upright": upright}
+
+
+    def render(self) -> np.ndarray | None:
+        """``(160, 320, 3)`` uint8: the track (+-2.5 m), the cart, the pole (red) and the
+        upright target of its tip (a green dot) -- with ``render_mode="rgb_array"``."""
+        if self.render_mode != "rgb_array":
+            return None
+        h, w, scale = 160, 320, 64.0  # pixels per metre
+        img = np.full((h, w, 3), 255, dtype=np.uint8)
+        rows, cols = np.mgrid[0:h, 0:w]
+        track = int(h * 0.6)
+        img[track, :] = (120, 120, 120)
+        x, _, _, th = self.state
+        px = lambda mx: w / 2 + mx * scale  # noqa: E731
+        cx, cy = px(x), track
+        img[(abs(cols - cx) <= 0.2 * scale) & (abs(rows - cy) <= 0.08 * scale)] = (60, 60, 60)
+        ell = PARAMS["length"]
+        tip = (cx + ell * np.sin(th) * scale, cy + ell * np.cos(th) * scale)  # theta = 0 hangs down
+        t = np.clip(((cols - cx) * (tip[0] - cx) + (rows - cy) * (tip[1] - cy)) / (ell * scale) ** 2, 0, 1)
+        dist = np.hypot(cols - (cx + t * (tip[0] - cx)), rows - (cy + t * (tip[1] - cy)))
+        img[dist <= 2.5] = (200, 60, 60)
+        img[np.hypot(cols - px(0.0), rows - (track - ell * scale)) <= 3] = (40, 160, 40)
+        return img
 
 
 if "reverie/CartPoleSwingUp-v0" not in gym.registry:

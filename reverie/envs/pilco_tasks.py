@@ -63,7 +63,7 @@ TASKS: dict[str, Task] = {
     "reverie/CartPoleSwingUp-v0": Task(
         (0, 0, 1, 0, 0, 0), swingup_cost_matrix(), 40, 10, _pole_cos_at(2),
         angle_dims={5: (3, 2)}, policy_dims=(0, 1, 2, 3, 4), policy_lengthscales=(1, 1, 0.7, 0.7, 1),
-        policy_restarts=1),
+        policy_parameters="pseudo_targets"),
     "Pendulum-v1": Task(
         (1, 0, 0, 0), np.diag([1.0, 1.0, 0.0, 0.0]) / 0.5**2, 40, 30, _pole_cos_at(0),
         dt=0.05, frame_skip=2, start_down=True, eval_steps=100,

@@ -206,6 +206,9 @@ class RunConfig:
     )
     progress: bool = cfg(True, "Show a tqdm progress bar.")
     verbose: bool = cfg(False, "Show TorchRL's INFO log lines (off: its warnings and errors only).")
+    video: bool = cfg(True, "At the end, write diagnostics/eval_episode.mp4 (.gif without an MP4 "
+                      "encoder): evaluation episode 0 rendered by the env; pixel world models also "
+                      "write their open-loop real-vs-imagined clip.")
     resume: str | None = cfg(
         None, "Run folder to continue from its checkpoint.pt (uses that run's saved config)."
     )

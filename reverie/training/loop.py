@@ -49,6 +49,7 @@ from .collect import EnvFactory, finished_episode_returns, flatten_batch, make_c
 from .device import resolve_device
 from .evaluate import episode_return, run_episodes
 from .seeding import derive_seed
+from .video import record_episode, renders
 
 __all__ = ["train", "LoopState"]
 
@@ -110,6 +111,19 @@ def train(name: str, config: RunConfig, make_env: MakeEnv, make_agent: MakeAgent
         return _train(run, config, device, make_env, agent)
     finally:
         run.close()
+
+
+def _write_video(run: Run, agent: Agent, make_env: MakeEnv, config, schedule, out_dir) -> None:
+    """Evaluation episode 0, rendered, into ``diagnostics/eval_episode.mp4`` (or ``.gif``); an
+    env that cannot render (e.g. MuJoCo without an OpenGL backend) is reported, not fatal."""
+    try:
+        path, _, frames = record_episode(agent, make_env, config, schedule.eval_steps, config.seed,
+                                         out_dir / "eval_episode")
+    except Exception as err:  # rendering needs a display backend the machine may lack
+        run.print(f"No evaluation video: {config.env} did not render ({type(err).__name__}: {err}); "
+                  "video=false turns the attempt off.")
+        return
+    run.print(f"Evaluation video: {path} ({frames} frames)")
 
 
 def _train(run: Run, config, device: torch.device, make_env: MakeEnv, agent: Agent) -> dict:
@@ -206,5 +220,7 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, agent: Age
     out_dir = run.dir / "diagnostics"
     out_dir.mkdir(exist_ok=True)
     diagnostics = agent.diagnose(factory.single(), out_dir, derive_seed(config.seed, "diagnostics"))
+    if getattr(config, "video", False) and schedule.eval_episodes and renders(make_env):
+        _write_video(run, agent, make_env, config, schedule, out_dir)
     return run.finish({"env_steps": loop.step, **final, "eval/returns": returns,
                        **agent.counters(), **diagnostics})
