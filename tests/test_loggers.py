@@ -55,3 +55,13 @@ def test_wandb_logs_offline_inside_the_run_and_a_resume_continues_the_same_wandb
     assert {r.name.rsplit("-", 1)[-1] for r in runs} == {run_id}  # the same W&B run id
     assert json.loads((run / "summary.json").read_text())["eval/return"] is not None
     assert Path(run / "metrics.csv").exists()
+
+
+def test_a_run_saved_with_the_old_tensorboard_field_still_loads():
+    from reverie.runs import RunConfig, config_from_dict
+
+    assert config_from_dict(RunConfig, {"seed": 2, "tensorboard": False}).logger == "csv"
+    has_tb = run_loggers.importlib.util.find_spec("tensorboard") is not None
+    assert config_from_dict(RunConfig, {"tensorboard": True}).logger == ("tensorboard" if has_tb else "csv")
+    with pytest.raises(ValueError, match="Unknown field 'tensorbord'"):
+        config_from_dict(RunConfig, {"tensorbord": True})
