@@ -48,7 +48,6 @@ from torchrl.envs import (
     Compose,
     DoubleToFloat,
     FrameSkipTransform,
-    GymEnv,
     ToTensorImage,
     TransformedEnv,
 )
@@ -59,6 +58,7 @@ from reverie import training
 from reverie.diagnostics import write_latent_diagnostics
 from reverie.envs import WorldModelEnv
 from reverie.envs.image import ResizeImage
+from reverie.envs.tasks import make_task_env
 from reverie.modules import (
     DreamerActor,
     DreamerPolicy,
@@ -81,7 +81,6 @@ from reverie.training import (
     make_replay_buffer,
 )
 from reverie.training.checks import require_continuous_actions
-from reverie.training.video import render_kwargs
 
 NAME = "dreamer"
 
@@ -157,8 +156,7 @@ class Config(RunConfig):
 def make_env(config: Config, render: bool = False):
     """The task with action repeat; float observations, and 64x64 frames if ``pixels``
     (``render``: full-size frames for the evaluation video)."""
-    env = GymEnv(config.env, from_pixels=config.pixels, pixels_only=False,
-                 **render_kwargs(render, config.pixels))
+    env = make_task_env(config.env, from_pixels=config.pixels, render=render)
     transforms = [FrameSkipTransform(config.action_repeat)]
     if any(s.dtype == torch.float64 for s in env.observation_spec.values(True, True)):
         transforms.append(DoubleToFloat())

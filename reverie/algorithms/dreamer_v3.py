@@ -68,7 +68,6 @@ from torchrl.envs import (
     Compose,
     DoubleToFloat,
     FrameSkipTransform,
-    GymEnv,
     ToTensorImage,
     TransformedEnv,
 )
@@ -79,6 +78,7 @@ from reverie import training
 from reverie.diagnostics import write_latent_diagnostics
 from reverie.envs import WorldModelEnv
 from reverie.envs.image import ResizeImage
+from reverie.envs.tasks import make_task_env
 from reverie.modules import (
     ClippedNormal,
     DreamerPolicy,
@@ -113,7 +113,6 @@ from reverie.training import (
     budget_capacity,
     make_replay_buffer,
 )
-from reverie.training.video import render_kwargs
 
 NAME = "dreamer_v3"
 STREAM_KEY = "stream"  # one replay stream: slices may cross episodes
@@ -217,8 +216,7 @@ class Config(RunConfig):
 def make_env(config: Config, render: bool = False):
     """The task with action repeat, float observations, actions in ``[-1, 1]`` (continuous)
     and 64x64 frames if ``pixels`` (``render``: full-size frames for the evaluation video)."""
-    env = GymEnv(config.env, from_pixels=config.pixels, pixels_only=False,
-                 **render_kwargs(render, config.pixels))
+    env = make_task_env(config.env, from_pixels=config.pixels, render=render)
     transforms = [FrameSkipTransform(config.action_repeat)] if config.action_repeat > 1 else []
     if any(s.dtype == torch.float64 for s in env.observation_spec.values(True, True)):
         transforms.append(DoubleToFloat())

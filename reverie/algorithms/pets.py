@@ -40,19 +40,19 @@ from typing import ClassVar, Literal
 import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
-from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
+from torchrl.envs import DoubleToFloat, TransformedEnv
 
 from reverie import training
 from reverie.diagnostics import run_diagnostics
 from reverie.envs import WorldModelEnv, known_termination, reward_module, termination_module
 from reverie.envs.known_models import KNOWN_REWARDS
+from reverie.envs.tasks import make_task_env
 from reverie.modules import EnsembleDynamics, WorldModel, mlp
 from reverie.objectives import EnsembleNLLLoss, WorldModelLoss, fit_ensemble
 from reverie.planners import CEMPlanner, ICEMPlanner, MPPIPlanner, PlannerPolicy, rollout_objective
 from reverie.runs import RunConfig, cfg
 from reverie.training import Agent, Schedule, make_replay_buffer
-from reverie.training.checks import require_continuous_actions
-from reverie.training.video import render_kwargs
+from reverie.training.checks import TaskError, require_continuous_actions
 
 NAME = "pets"
 
@@ -149,7 +149,7 @@ def make_world_model(config: Config, obs_dim: int, action_dim: int):
     )
     if config.reward == "known":
         if config.env not in KNOWN_REWARDS:
-            raise ValueError(
+            raise TaskError(
                 f"pets: no known reward for {config.env!r} (known: {sorted(KNOWN_REWARDS)}); "
                 "set reward=learned."
             )
@@ -171,7 +171,7 @@ def make_world_model(config: Config, obs_dim: int, action_dim: int):
 def make_env(config: Config, render: bool = False):
     """The Gymnasium task; float64 observations (MuJoCo) are cast to float32; ``render``: frames
     for the evaluation video."""
-    env = GymEnv(config.env, **render_kwargs(render))
+    env = make_task_env(config.env, render=render)
     if any(spec.dtype == torch.float64 for spec in env.observation_spec.values(True, True)):
         env = TransformedEnv(env, DoubleToFloat())
     return env

@@ -37,18 +37,17 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from torch import nn
-from torchrl.envs import GymEnv
 
 from reverie import training
 from reverie.diagnostics import decoded_observation, run_diagnostics
 from reverie.envs import WorldModelEnv
+from reverie.envs.tasks import make_task_env
 from reverie.modules import WorldModel, mlp
 from reverie.objectives import WorldModelLoss
 from reverie.planners import rollout_objective
 from reverie.runs import RunConfig, cfg
 from reverie.training import Agent, Schedule, make_replay_buffer
 from reverie.training.checks import require_continuous_actions
-from reverie.training.video import render_kwargs
 
 NAME = "worldmodel"
 
@@ -231,7 +230,7 @@ def make_agent(config: Config, env, device: torch.device) -> WorldModelAgent:
 
 def make_env(config: Config, render: bool = False):
     """The Gymnasium task (``render``: with frames for the evaluation video)."""
-    return GymEnv(config.env, **render_kwargs(render))
+    return make_task_env(config.env, render=render)
 
 
 def train(config: Config) -> dict:

@@ -15,6 +15,7 @@ from reverie.envs.known_models import (
 from reverie.envs.mean_action import MeanActionSelector
 from reverie.envs.model_based import ModelBasedEnvBase
 from reverie.envs.rollout_checks import ActionBoundsError, check_rollout
+from reverie.envs.tasks import make_task_env
 from reverie.envs.toy import PointMass1D
 from reverie.envs.world_model_env import WorldModelEnv
 
@@ -32,6 +33,7 @@ __all__ = [
     "WorldModelEnv",
     "check_rollout",
     "known_reward",
+    "make_task_env",
     "known_termination",
     "reward_module",
     "termination_module",
