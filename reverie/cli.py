@@ -126,7 +126,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     plot = sub.add_parser(
         "plot",
         help="overlay the learning curves of one or more runs",
-        description="One subplot per metric, one line per run, from each run's metrics.csv.",
+        description="One subplot per metric, one line per run (legend: algorithm, env, seed), and "
+        "for several runs their mean and min-max band, from each run's metrics.csv. Without "
+        "--keys, metrics that never change and timings (*_s) are left out.",
     )
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (or metrics.csv)")
     plot.add_argument("--out", default="learning_curves.png", help="output PNG file")
@@ -134,6 +136,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         "--keys", nargs="+", metavar="PATTERN", help="metrics to plot, e.g. 'eval/*' 'train/loss_*'"
     )
     plot.add_argument("--title", help="figure title")
+    plot.add_argument("--threshold", type=float, help="a return to reach, drawn as a dashed line on eval/return")
 
     seeds = sub.add_parser(
         "seeds",
@@ -286,7 +289,8 @@ def _plot(args: argparse.Namespace) -> int:
     if missing:
         raise _UsageError(f"no metrics.csv in: {', '.join(missing)}")
     try:
-        out = plot_learning_curves(args.runs, args.out, keys=args.keys, title=args.title)
+        out = plot_learning_curves(args.runs, args.out, keys=args.keys, title=args.title,
+                                   threshold=args.threshold)
     except ValueError as err:
         raise _UsageError(str(err)) from None
     print(f"Learning curves: {out}")

@@ -424,6 +424,7 @@ def collect_results(
         out / "learning_curve.png",
         keys=[metric, "train/episode_return"],
         labels=[f"seed {s}" for s in seeds],
-        title=f"{algo} on {env}" + ("" if threshold is None else f" (threshold {threshold:g})"),
+        title=f"{algo} on {env}: {len(seeds)} seeds",
+        threshold=threshold, threshold_metric=metric,
     )
     return summary
