@@ -336,7 +336,7 @@ def test_run_diagnostics_writes_files(tmp_path):
         wm, traj, out, predicted_observation=NEXT_LATENT, obs_labels=["x", "y", "z"]
     )
     assert errors["num_starts"] == 21 and len(errors["obs_rmse"]) == 50
-    for name in ("open_loop.png", "prediction_error.png"):
+    for name in ("imagined_vs_real.png", "prediction_error.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
     with open(out / "prediction_error.csv", newline="") as f:

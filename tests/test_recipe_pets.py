@@ -29,7 +29,7 @@ def test_pets_debug_run_through_the_cli(tmp_path, reward, planner):
                  f"reward={reward}", f"planner={planner}", f"run_dir={run_dir}", "progress=false"])
     assert code == 0
     for name in ["config.json", "metrics.csv", "learning_curve.png", "checkpoint.pt",
-                 "summary.json", "diagnostics/open_loop.png"]:
+                 "summary.json", "diagnostics/imagined_vs_real.png"]:
         assert (run_dir / name).stat().st_size > 0, name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 120 and len(summary["eval/returns"]) == 1

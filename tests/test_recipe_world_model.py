@@ -18,7 +18,7 @@ def debug_run(tmp_path_factory):
 
 def test_debug_run_writes_the_run_folder(debug_run):
     for name in ["config.json", "metrics.csv", "learning_curve.png", "checkpoint.pt",
-                 "summary.json", "diagnostics/open_loop.png", "diagnostics/prediction_error.png",
+                 "summary.json", "diagnostics/imagined_vs_real.png", "diagnostics/prediction_error.png",
                  "diagnostics/prediction_error.csv", "diagnostics/prediction_error.md"]:
         assert (debug_run / name).stat().st_size > 0, name
     summary = json.loads((debug_run / "summary.json").read_text())

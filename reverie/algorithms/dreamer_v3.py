@@ -76,6 +76,7 @@ from torchrl.modules import OneHotCategorical, ProbabilisticActor
 
 from reverie import training
 from reverie.diagnostics import write_latent_diagnostics
+from reverie.diagnostics.figures import observation_names
 from reverie.envs import WorldModelEnv
 from reverie.envs.image import ResizeImage
 from reverie.envs.tasks import make_task_env
@@ -442,13 +443,15 @@ class DreamerV3Agent(CountsUpdates, Agent):
         adaptive_clip_grad_(module.parameters(), self.config.agc)
         optim.step()
 
-    def diagnose(self, env, out_dir, seed: int) -> dict:
+    def diagnose(self, env, out_dir, seed: int, title: str = "") -> dict:
         """Real vs imagined observations on a fresh episode (5 filtered steps, then 30 imagined
         open loop with the real actions): curves, or frames and a GIF for pixels."""
         write_latent_diagnostics(
             env, self.policy(explore=True), self.models["latent_model"], self.obs_key, out_dir,
             seed, device=self.device,
-            title=f"DreamerV3 {self.config.env}: real vs imagined, seed {self.config.seed}",
+            title=f"{title or NAME}: real vs imagined, open loop",
+            names=None if self.config.pixels else observation_names(self.config.env, env.observation_spec[
+                "observation"].shape[-1]),
             video=self.config.pixels and self.config.video)
         return {}
 

@@ -44,6 +44,7 @@ from torchrl.envs import DoubleToFloat, TransformedEnv
 
 from reverie import training
 from reverie.diagnostics import run_diagnostics
+from reverie.diagnostics.figures import observation_names
 from reverie.envs import WorldModelEnv, known_termination, reward_module, termination_module
 from reverie.envs.known_models import KNOWN_REWARDS
 from reverie.envs.tasks import make_task_env
@@ -254,9 +255,9 @@ class PETSAgent(Agent):
             metrics["train/loss_reward"] = loss.item()
         return metrics
 
-    def diagnose(self, env, out_dir, seed: int) -> dict:
+    def diagnose(self, env, out_dir, seed: int, title: str = "") -> dict:
         """Open-loop errors ``wm/obs_rmse@k`` of the ensemble's mean on a held-out random episode."""
-        errors = diagnose(self.world_model, self.dynamics, env, self.config, out_dir, seed)
+        errors = diagnose(self.world_model, self.dynamics, env, self.config, out_dir, seed, title)
         h = len(errors["obs_rmse"])
         return {f"wm/obs_rmse@{k}": errors["obs_rmse"][k - 1] for k in sorted({1, min(10, h), h})}
 
@@ -273,7 +274,7 @@ def train(config: Config) -> dict:
 
 
 @torch.no_grad()
-def diagnose(world_model, dynamics, env, config: Config, out_dir, seed: int) -> dict:
+def diagnose(world_model, dynamics, env, config: Config, out_dir, seed: int, title: str = "") -> dict:
     """Open-loop diagnostics of the ensemble's mean prediction on a held-out random episode
     (on a CPU copy of the model)."""
     env.set_seed(seed)
@@ -290,4 +291,5 @@ def diagnose(world_model, dynamics, env, config: Config, out_dir, seed: int) -> 
         model, held_out, out_dir,
         horizon=max(1, min(config.diagnostics_horizon, held_out.shape[0], longest)),
         predicted_observation=("next", "latent"),
+        obs_labels=observation_names(config.env, held_out["observation"].shape[-1]), title=title,
     )

@@ -327,11 +327,13 @@ class PILCOAgent(Agent):
         self.trials_to_solve = None if state["trials_to_solve"] < 0 else int(state["trials_to_solve"])
         self.trials_run = int(state["trials_run"])
 
-    def diagnose(self, env, out_dir, seed: int) -> dict:
+    def diagnose(self, env, out_dir, seed: int, title: str = "") -> dict:
         """The imagined belief against one greedy real episode (``imagined_vs_real.png``)."""
         (real,) = training.run_episodes(self, env, 1, self.schedule.eval_steps, seed)
+        trial = f", controller of trial {self.trials_run - self.config.random_trials}" if title else ""
         plot_belief_vs_real(self.parts["imagination"], self.parts["belief_policy"], self.start, real, self.horizon,
-                              out_dir / "imagined_vs_real.png")
+                            out_dir / "imagined_vs_real.png", names=self.task.observation_names,
+                            title=f"{title}{trial}: real vs imagined belief")
         return {}
 
 

@@ -10,7 +10,7 @@ Reads top to bottom: config -> world model -> MPC policy -> agent (its update ma
    imagination (:class:`~reverie.envs.WorldModelEnv` rollouts of ``plan_candidates``
    action sequences of length ``plan_horizon``), and add it to the buffer.
 3. Report open-loop prediction diagnostics on a held-out random trajectory
-   (``diagnostics/open_loop.png``, ``prediction_error.{csv,md,png}``).
+   (``diagnostics/imagined_vs_real.png``, ``prediction_error.{csv,md,png}``).
 
 The model: the encoder normalises observations with statistics fitted from the data
 (``latent = (obs - mean) / std``), the dynamics is a residual MLP on ``(latent, action)``,
@@ -40,6 +40,7 @@ from torch import nn
 
 from reverie import training
 from reverie.diagnostics import decoded_observation, run_diagnostics
+from reverie.diagnostics.figures import observation_names
 from reverie.envs import WorldModelEnv
 from reverie.envs.tasks import make_task_env
 from reverie.modules import WorldModel, mlp
@@ -217,9 +218,9 @@ class WorldModelAgent(Agent):
                 totals[key] = totals.get(key, 0.0) + value.item() / c.fit_steps
         return {f"train/{k}": v for k, v in totals.items()}
 
-    def diagnose(self, env, out_dir, seed: int) -> dict:
+    def diagnose(self, env, out_dir, seed: int, title: str = "") -> dict:
         """Open-loop prediction errors on a held-out random-action trajectory."""
-        return diagnostic_metrics(diagnose(self.world_model, env, self.config, out_dir, seed))
+        return diagnostic_metrics(diagnose(self.world_model, env, self.config, out_dir, seed, title))
 
 
 def make_agent(config: Config, env, device: torch.device) -> WorldModelAgent:
@@ -239,16 +240,16 @@ def train(config: Config) -> dict:
 
 
 @torch.no_grad()
-def diagnose(world_model: WorldModel, env, config: Config, out_dir, seed: int) -> dict:
+def diagnose(world_model: WorldModel, env, config: Config, out_dir, seed: int, title: str = "") -> dict:
     """Open-loop prediction diagnostics on a held-out random-action trajectory (CPU copy)."""
     env.set_seed(seed)
     held_out = env.rollout(max(config.max_episode_steps, config.diagnostics_horizon + 1),
                            break_when_any_done=False)
-    labels = ["cos θ", "sin θ", "θ̇"] if config.env.startswith("Pendulum") else None
+    labels = observation_names(config.env, held_out["observation"].shape[-1])
     model = copy.deepcopy(world_model).cpu()
     return run_diagnostics(
         model, held_out, out_dir, horizon=config.diagnostics_horizon,
-        predicted_observation=decoded_observation(model), obs_labels=labels,
+        predicted_observation=decoded_observation(model), obs_labels=labels, title=title,
     )
 
 

@@ -1,6 +1,6 @@
 """World-model diagnostics: open-loop prediction plots and the multi-step prediction error table.
 
-The usual entry point is :func:`run_diagnostics`, which writes ``open_loop.png``,
+The usual entry point is :func:`run_diagnostics`, which writes ``imagined_vs_real.png``,
 ``prediction_error.png``, ``prediction_error.csv`` and ``prediction_error.md`` into a
 folder and returns the errors dict. The pieces are available on their own:
 :func:`open_loop_predict`, :func:`prediction_errors`, :func:`write_error_table`,

@@ -63,46 +63,42 @@ def imagine_open_loop(world_model, real: TensorDictBase, context: int,
 
 
 def plot_imagined_vs_real(truth: Tensor, imagined: Tensor, path: str | os.PathLike, title: str,
-                          context: int = 0, columns: int = 10) -> None:
+                          context: int = 0, columns: int = 10, names=None) -> None:
     """Frames (``(T, C, H, W)``: a real row over an imagined row, ``columns`` of them) or
-    curves (``(T, D)``: one panel per dimension) of real vs imagined observations."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    curves (``(T, D)``: the common figure of
+    :func:`~reverie.diagnostics.figures.plot_real_vs_imagined`, features named ``names``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    from reverie.diagnostics.figures import observation_names, plot_real_vs_imagined
+
+    if truth.ndim != 4:
+        plot_real_vs_imagined(truth, imagined, path, names=observation_names("", truth.shape[-1], names),
+                              title=title, real_start=1, imagined_start=1,
+                              xlabel=f"steps imagined open loop after {context} filtered steps")
+        return
     horizon = truth.shape[0]
-    if truth.ndim == 4:
-        cols = list(range(0, horizon, max(1, horizon // columns)))
-        fig, axes = plt.subplots(2, len(cols), figsize=(1.2 * len(cols), 2.8), squeeze=False)
-        for j, t in enumerate(cols):
-            for i, img in enumerate((truth[t], imagined[t])):
-                axes[i, j].imshow(img.clamp(0, 1).permute(1, 2, 0).cpu().numpy())
-                axes[i, j].set_xticks([])
-                axes[i, j].set_yticks([])
-            axes[0, j].set_title(f"t+{t + 1}", fontsize=7)
-        axes[0, 0].set_ylabel("real", fontsize=8)
-        axes[1, 0].set_ylabel("imagined", fontsize=8)
-    else:
-        dims = truth.shape[-1]
-        fig, axes = plt.subplots(dims, 1, figsize=(6, 1.8 * dims), sharex=True, squeeze=False)
-        for d in range(dims):
-            ax = axes[d, 0]
-            ax.plot(truth[:, d].cpu().numpy(), label="real")
-            ax.plot(imagined[:, d].cpu().numpy(), "--", label="imagined (open loop)")
-            ax.set_ylabel(f"obs[{d}]")
-        axes[0, 0].legend(fontsize=7)
-        axes[-1, 0].set_xlabel(f"steps after {context} filtered steps")
+    cols = list(range(0, horizon, max(1, horizon // columns)))
+    fig = Figure(figsize=(1.2 * len(cols), 3.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, len(cols), squeeze=False)
+    for j, t in enumerate(cols):
+        for i, img in enumerate((truth[t], imagined[t])):
+            axes[i, j].imshow(img.clamp(0, 1).permute(1, 2, 0).cpu().numpy())
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+        axes[0, j].set_title(f"t+{t + 1}", fontsize=7)
+    axes[0, 0].set_ylabel("real", fontsize=8)
+    axes[1, 0].set_ylabel("imagined", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 @torch.no_grad()
 def write_latent_diagnostics(env, policy, world_model, obs_key: NestedKey,
                              out_dir: str | os.PathLike, seed: int, title: str, context: int = 5,
                              horizon: int = 30, device: torch.device | str = "cpu",
-                             video: bool = False) -> bool:
+                             video: bool = False, names=None) -> bool:
     """Real vs imagined observations of a world model on a fresh episode.
 
     Seeds ``env``, runs ``policy`` (sampling) for ``context + horizon`` steps, and predicts
@@ -127,7 +123,7 @@ def write_latent_diagnostics(env, policy, world_model, obs_key: NestedKey,
     truth, imagined = truth.cpu(), imagined.float().cpu()
     out_dir = os.fspath(out_dir)
     plot_imagined_vs_real(truth, imagined, os.path.join(out_dir, "imagined_vs_real.png"),
-                          context=context, title=title)
+                          context=context, title=title, names=names)
     if video:
         write_video(torch.cat([truth, imagined.clamp(0, 1)], -1),
                     os.path.join(out_dir, "imagined_vs_real" + video_suffix()))

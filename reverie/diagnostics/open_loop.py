@@ -573,10 +573,12 @@ def plot_open_loop(
     obs_labels: Sequence[str] | None = None,
     *,
     max_dims: int = 24,
+    title: str | None = None,
 ) -> Path:
-    """Plot the real trajectory against the open-loop prediction from one start.
+    """Plot the real trajectory against the open-loop prediction from one start, in the
+    common figure style (:func:`~reverie.diagnostics.figures.plot_real_vs_imagined`).
 
-    One subplot per observation feature plus one for the reward, x axis ``k = 0..H``
+    One panel per observation feature plus one for the reward, x axis ``k = 0..H``
     steps after the start: the real values (``k = 0`` is the real starting observation)
     and the model's open-loop prediction (``k = 1..H``).
 
@@ -585,56 +587,34 @@ def plot_open_loop(
         path_png: output image path (parent folders are created).
         start: which rollout to show, an index into the ``S`` starts (for a ``[T]``
             trajectory, the start time ``s``).
-        obs_labels: one name per observation feature for the subplot titles.
+        obs_labels: one name per observation feature for the panel titles.
 
     Keyword Args:
         max_dims: plot at most this many observation features (the first ones).
+        title: the figure title (default: where the prediction starts and its horizon).
 
     Returns:
         The PNG path.
     """
+    from reverie.diagnostics.figures import plot_real_vs_imagined
+
     if not -result.num_starts <= start < result.num_starts:
         raise IndexError(f"start={start} is out of range for {result.num_starts} starts.")
     labels = _labels(obs_labels, result.obs_dim)
     n_dims = min(result.obs_dim, max_dims)
-    ks = torch.arange(result.horizon + 1)
-    true_obs = (
-        torch.cat([result.initial_observation[start, None], result.true_observation[start]], dim=0)
-        .detach()
-        .cpu()
-        .double()
-    )
-    pred_obs = result.predicted_observation[start].detach().cpu().double()
-    fig, axes = _new_figure(n_dims + 1)
-    for d in range(n_dims):
-        ax = axes[d]
-        ax.plot(ks, true_obs[:, d], color="black", label="real")
-        ax.plot(ks[:1], true_obs[:1, d], "o", color="black", markersize=4)
-        ax.plot(ks[1:], pred_obs[:, d], color="tab:orange", linestyle="--", label="open-loop")
-        ax.set_title(labels[d])
-        ax.set_xlabel("k (steps after start)")
-        ax.grid(alpha=0.3)
-    ax = axes[n_dims]
-    true_reward = result.true_reward[start].detach().cpu().double()
-    pred_reward = result.predicted_reward[start].detach().cpu().double()
-    for r in range(true_reward.shape[-1]):
-        ax.plot(ks[1:], true_reward[:, r], color="black", label="real" if r == 0 else None)
-        ax.plot(
-            ks[1:],
-            pred_reward[:, r],
-            color="tab:orange",
-            linestyle="--",
-            label="open-loop" if r == 0 else None,
-        )
-    ax.set_title("reward")
-    ax.set_xlabel("k (steps after start)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    true_obs = torch.cat([result.initial_observation[start, None], result.true_observation[start]], dim=0)
+    pred_obs = result.predicted_observation[start]
+    true_reward = result.true_reward[start][..., 0]
+    pred_reward = result.predicted_reward[start][..., 0]
     s, traj = int(result.start[start]), int(result.trajectory_index[start])
     where = f"t={s}" if int(result.trajectory_index.max()) == 0 else f"t={s} of trajectory {traj}"
     hidden = f", first {n_dims} of {result.obs_dim} features" if n_dims < result.obs_dim else ""
-    fig.suptitle(f"Open-loop prediction from {where}, H={result.horizon} steps{hidden}")
-    return _save(fig, path_png)
+    heading = f"open-loop prediction from {where}, H={result.horizon} steps{hidden}"
+    return plot_real_vs_imagined(
+        true_obs[:, :n_dims], pred_obs[:, :n_dims], path_png, names=labels[:n_dims],
+        title=f"{title}: {heading}" if title else heading.capitalize(),
+        real_start=0, imagined_start=1, xlabel="k (steps after start)",
+        reward=(torch.cat([true_reward[:1] * float("nan"), true_reward]), pred_reward))
 
 
 def plot_error_curve(errors: dict, path_png: str | os.PathLike) -> Path:
@@ -683,6 +663,7 @@ def run_diagnostics(
     predicted_observation: PredictedObservation,
     obs_labels: Sequence[str] | None = None,
     start: int = 0,
+    title: str | None = None,
     latent_key: NestedKey | list[NestedKey] = "latent",
     observation_key: NestedKey = "observation",
     action_key: NestedKey = "action",
@@ -693,7 +674,7 @@ def run_diagnostics(
 
     Runs :func:`open_loop_predict`, :func:`prediction_errors`, :func:`write_error_table`,
     :func:`plot_open_loop` and :func:`plot_error_curve`, writing into ``out_dir``:
-    ``open_loop.png``, ``prediction_error.png``, ``prediction_error.csv`` and
+    ``imagined_vs_real.png``, ``prediction_error.png``, ``prediction_error.csv`` and
     ``prediction_error.md``.
 
     Args:
@@ -706,7 +687,8 @@ def run_diagnostics(
         predicted_observation: a ``("next", ...)`` key or a ``latent_td -> tensor``
             callable; see :func:`open_loop_predict`.
         obs_labels: one name per observation feature, for the plot and the CSV.
-        start: the rollout shown in ``open_loop.png``.
+        start: the rollout shown in ``imagined_vs_real.png``.
+        title: the figure's title (algorithm, env, seed, env steps).
         latent_key, observation_key, action_key, reward_key, done_key: see
             :func:`open_loop_predict`.
 
@@ -755,6 +737,6 @@ def run_diagnostics(
         out_dir / "prediction_error.md",
         obs_labels=obs_labels,
     )
-    plot_open_loop(result, out_dir / "open_loop.png", start=start, obs_labels=obs_labels)
+    plot_open_loop(result, out_dir / "imagined_vs_real.png", start=start, obs_labels=obs_labels, title=title)
     plot_error_curve(errors, out_dir / "prediction_error.png")
     return errors

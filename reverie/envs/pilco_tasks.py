@@ -55,6 +55,7 @@ class Task:
     env_kwargs: dict | None = None  # keyword arguments of gym.make (e.g. obs_noise)
     policy_restarts: int = 0  # extra policy searches per trial from a fresh random controller
     policy_parameters: str = "weights"  # RBF controller: "weights" or "pseudo_targets" (PILCO's congp)
+    observation_names: tuple[str, ...] | None = None  # for figures (None: the env's, see reverie.diagnostics)
 
 
 TASKS: dict[str, Task] = {
@@ -63,11 +64,12 @@ TASKS: dict[str, Task] = {
     "reverie/CartPoleSwingUp-v0": Task(
         (0, 0, 1, 0, 0, 0), swingup_cost_matrix(), 40, 10, _pole_cos_at(2),
         angle_dims={5: (3, 2)}, policy_dims=(0, 1, 2, 3, 4), policy_lengthscales=(1, 1, 0.7, 0.7, 1),
-        policy_parameters="pseudo_targets"),
+        policy_parameters="pseudo_targets", observation_names=("x", "ẋ", "cos φ", "sin φ", "φ̇", "φ")),
     "Pendulum-v1": Task(
         (1, 0, 0, 0), np.diag([1.0, 1.0, 0.0, 0.0]) / 0.5**2, 40, 30, _pole_cos_at(0),
         dt=0.05, frame_skip=2, start_down=True, eval_steps=100,
-        angle_dims={3: (1, 0)}, policy_dims=(0, 1, 2), policy_lengthscales=(0.7, 0.7, 1)),
+        angle_dims={3: (1, 0)}, policy_dims=(0, 1, 2), policy_lengthscales=(0.7, 0.7, 1),
+        observation_names=("cos θ", "sin θ", "θ̇", "θ")),
     "InvertedPendulum-v5": Task((0, 0, 0, 0), np.eye(4), 100, 10, _pole_angle_at(1), dt=0.04),
     # the CI learning test's toy task: reach x = 1 (within 0.1)
     "reverie/PointMass1D-v0": Task((1, 0), np.diag([1.0, 0.1]) / 0.3**2, 30, 10, _point_mass_at_target),

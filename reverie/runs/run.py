@@ -370,7 +370,7 @@ class Run:
     def path(self, name: str) -> Path:
         """Path of an extra file in the run folder (e.g. a diagnostic plot); creates subfolders.
 
-        Example: ``run.path("diagnostics/open_loop.png")`` -> ``<dir>/diagnostics/open_loop.png``.
+        Example: ``run.path("diagnostics/imagined_vs_real.png")`` -> ``<dir>/diagnostics/imagined_vs_real.png``.
         """
         path = self.dir / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -156,11 +156,12 @@ class Agent(nn.Module, abc.ABC):
         """Values added to the final summary (e.g. ``{"updates": 120}``)."""
         return {}
 
-    def diagnose(self, env, out_dir, seed: int) -> dict[str, Any]:
+    def diagnose(self, env, out_dir, seed: int, title: str = "") -> dict[str, Any]:
         """World-model diagnostics at the end of training, written under ``out_dir``.
 
         ``env`` is a fresh real env (as built by the recipe's ``make_env``), ``seed`` the
-        diagnostics seed. Returns summary entries (e.g. ``wm/obs_rmse@10``).
+        diagnostics seed, ``title`` the figures' title (algorithm, env, seed and env steps,
+        from the loop). Returns summary entries (e.g. ``wm/obs_rmse@10``).
         """
         return {}
 

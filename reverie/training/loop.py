@@ -219,7 +219,8 @@ def _train(run: Run, config, device: torch.device, make_env: MakeEnv, agent: Age
         run.log({k: v for k, v in final.items() if k not in logged}, loop.step)
     out_dir = run.dir / "diagnostics"
     out_dir.mkdir(exist_ok=True)
-    diagnostics = agent.diagnose(factory.single(), out_dir, derive_seed(config.seed, "diagnostics"))
+    title = f"{run.algo} on {config.env}, seed {config.seed}, {loop.step:,} env steps"
+    diagnostics = agent.diagnose(factory.single(), out_dir, derive_seed(config.seed, "diagnostics"), title=title)
     if getattr(config, "video", False) and schedule.eval_episodes and renders(make_env):
         _write_video(run, agent, make_env, config, schedule, out_dir)
     return run.finish({"env_steps": loop.step, **final, "eval/returns": returns,
