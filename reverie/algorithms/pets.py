@@ -69,7 +69,9 @@ class Config(RunConfig):
     random_episodes: int = cfg(1, "Batches of uniform random actions collected first (the ensemble "
                                "is first fitted on them).", low=1)
     max_episode_steps: int = cfg(200, "Steps per real episode (at most).", low=1)
-    eval_episodes: int = cfg(5, "Planner episodes of the final evaluation.", low=1)
+    eval_episodes: int = cfg(5, "Planner episodes of each evaluation.", low=1)
+    eval_every: int = cfg(0, "Also evaluate every this many env steps during training, for an evaluation "
+                          "curve (0: only at the end; each evaluation plans eval_episodes episodes).", low=0)
     # model
     num_members: int = cfg(5, "Ensemble members.", low=1)
     num_elites: int = cfg(5, "Members used for planning (best holdout MSE; at most num_members).",
@@ -213,7 +215,7 @@ class PETSAgent(Agent):
         steps = config.max_episode_steps
         self.schedule = Schedule(total_steps=config.episodes * steps, frames_per_batch=steps,
                                  random_steps=config.random_episodes * steps, max_episode_steps=steps,
-                                 eval_episodes=config.eval_episodes)
+                                 eval_episodes=config.eval_episodes, eval_every=config.eval_every)
         obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
         self.world_model, self.dynamics = make_world_model(config, obs_dim, action_dim)
         self.world_model.to(device)

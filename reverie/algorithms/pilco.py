@@ -89,7 +89,10 @@ class Config(RunConfig):
                                "or the warm-started one) runs (-1: the task's default, 0).",
                                low=-1)
     stop_when_solved: bool = cfg(True, "End training at the first solved trial.")
-    eval_episodes: int = cfg(3, "Evaluation episodes (fresh start states) at the end.", low=1)
+    eval_episodes: int = cfg(3, "Evaluation episodes (fresh start states) of each evaluation.", low=1)
+    eval_every: int = cfg(-1, "Evaluate every this many env steps (-1: after every controller trial, an "
+                          "evaluation curve at the cost of eval_episodes real episodes per trial; 0: only at "
+                          "the end).", low=-1)
     checkpoint_every: int = cfg(1, "Checkpoint every this many env steps (after each trial; 0: only "
                                 "at the end).", low=0)
 
@@ -175,6 +178,7 @@ class PILCOAgent(Agent):
             total_steps=(config.random_trials + config.trials) * trial_steps * task.frame_skip,
             frames_per_batch=trial_steps, random_steps=config.random_trials * trial_steps * task.frame_skip,
             max_episode_steps=trial_steps, action_repeat=task.frame_skip,
+            eval_every=trial_steps * task.frame_skip if config.eval_every < 0 else config.eval_every,
             eval_episodes=config.eval_episodes, eval_max_steps=task.eval_steps or trial_steps)
         obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
         env.set_seed(derive_seed(config.seed, "init"))

@@ -69,7 +69,9 @@ class Config(RunConfig):
     plan_candidates: int = cfg(256, "Action sequences scored per MPC decision.", low=1)
     plan_horizon: int = cfg(15, "Imagined steps per action sequence.", low=1)
     diagnostics_horizon: int = cfg(50, "Open-loop horizon H of the diagnostics (1..H).", low=1)
-    eval_episodes: int = cfg(3, "MPC episodes of the final evaluation.", low=1)
+    eval_episodes: int = cfg(3, "MPC episodes of each evaluation.", low=1)
+    eval_every: int = cfg(0, "Also evaluate every this many env steps during training (0: only at the end).",
+                          low=0)
     buffer_size: int = cfg(100_000, "Replay buffer capacity (transitions; the normaliser needs 2).",
                            low=2)
     checkpoint_every: int = cfg(200, "Checkpoint every this many env steps (once per episode; 0: "
@@ -184,7 +186,7 @@ class WorldModelAgent(Agent):
         self.schedule = Schedule(
             total_steps=(config.random_episodes + config.iterations) * steps, frames_per_batch=steps,
             random_steps=config.random_episodes * steps, max_episode_steps=steps,
-            eval_episodes=config.eval_episodes)
+            eval_episodes=config.eval_episodes, eval_every=config.eval_every)
         obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
         self.world_model, self.norm = make_world_model(obs_dim, action_dim, config.hidden)
         self.world_model.to(device)
