@@ -10,6 +10,17 @@ from reverie.modules.moment_matching import se_basis_moments, sin_squash_moments
 __all__ = ["PseudoTargetRBFController", "RBFController"]
 
 
+@torch.no_grad()
+def _normal_(param: Tensor, scale: float, generator: torch.Generator | None) -> None:
+    """Fill ``param`` with ``N(0, scale^2)`` draws from ``generator`` (a CPU generator), else
+    from torch's global one (``normal_``, as before generators were accepted)."""
+    if generator is None:
+        param.normal_(0.0, scale)
+    else:
+        noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+        param.copy_(scale * noise.to(param.device))
+
+
 class RBFController(nn.Module):
     """``u = max_action * sin(u~)``, ``u~_k(x) = sum_i w_ki exp(-1/2 (x - c_i)^T Lambda_k^{-1} (x - c_i))``.
 
@@ -103,11 +114,7 @@ class RBFController(nn.Module):
 
     def _initialize_output(self, scale: float, generator: torch.Generator | None) -> None:
         """Weights ``N(0, scale^2)``."""
-        if generator is None:
-            self.weights.normal_(0.0, scale)
-        else:
-            noise = torch.randn(self.weights.shape, generator=generator, dtype=self.weights.dtype)
-            self.weights.copy_(scale * noise.to(self.weights.device))
+        _normal_(self.weights, scale, generator)
 
     def forward(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if mean.shape[-1] != self.input_dim or cov.shape[-2:] != (self.input_dim, self.input_dim):
@@ -170,8 +177,4 @@ class PseudoTargetRBFController(RBFController):
 
     def _initialize_output(self, scale: float, generator: torch.Generator | None) -> None:
         """Pseudo-targets ``N(0, scale^2)``."""
-        if generator is None:
-            self.targets.normal_(0.0, scale)
-        else:
-            noise = torch.randn(self.targets.shape, generator=generator, dtype=self.targets.dtype)
-            self.targets.copy_(scale * noise.to(self.targets.device))
+        _normal_(self.targets, scale, generator)
