@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: a CPU wheel is provided on these machines; an unpinned
 	# torch would pull gigabytes of CUDA packages.
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test,gp,dmc]"
+	$(PY) -m pip install -e ".[test,gp,dmc,mujoco]"
 	touch $(STAMP)
 
 install: $(STAMP)
