@@ -621,3 +621,13 @@ def test_a_gp_fitted_on_constant_targets_predicts_the_constant(constant):
     other = GPWorldModel(2, 1).double()  # output 1 fits as without the constant output
     other.fit(_gp_data(30))
     assert torch.equal(gp.signal_var[1], other.signal_var[1])
+
+
+def test_finite_values_whose_sum_overflows_pass_the_rollout_check():
+    from reverie.envs import check_rollout
+
+    td = TensorDict({"latent": torch.full((2, 3, 4), 3e38), "next": {"reward": torch.zeros(2, 3, 1)}}, [2, 3])
+    check_rollout(td, where="test", batch_dims=1)  # the float32 sum is inf, every value is finite
+    td["latent"][1, 2, 0] = float("-inf")
+    with pytest.raises(Exception, match=r"'latent' is not finite at imagined step 1 \(batch index \(1,\)"):
+        check_rollout(td, where="test", batch_dims=1)
