@@ -25,9 +25,10 @@ __all__ = ["render_kwargs", "renders", "record_episode"]
 
 
 class _FrameGrabber(Transform):
-    """Keeps ``parent.render()`` after every reset and step, outside the tensordict: the
-    episode's data (what the policy reads, e.g. a planner's start state) stay as in the
-    evaluation. (TorchRL's ``PixelRenderTransform`` writes the frames into the tensordict.)"""
+    """Keeps ``parent.render()`` after every reset and step, outside the tensordict, so the
+    episode stays the evaluation's. (With TorchRL's ``PixelRenderTransform`` appended instead,
+    a seeded Pendulum episode started from another first observation: the replay would not
+    be evaluation episode 0.)"""
 
     def __init__(self) -> None:
         super().__init__(in_keys=[], out_keys=[])
