@@ -252,10 +252,8 @@ class DreamerAgent(CountsUpdates, Agent):
         self.obs_key = "pixels" if config.pixels else "observation"
         self.models = make_models(config, env, device)  # a plain dict: modules are shared
         self.world_model, self.actor, self.value = (self.models[k] for k in ("world_model", "actor", "value"))
-        self.capacity = budget_capacity(config.buffer_size, config.buffer_gb, self.store(env.fake_tensordict()), NAME)
-        if self.capacity < config.batch_length:
-            raise ValueError(f"{NAME}: buffer_gb={config.buffer_gb} holds {self.capacity} transitions, fewer "
-                             f"than batch_length={config.batch_length}; raise buffer_gb.")
+        self.capacity = budget_capacity(config.buffer_size, config.buffer_gb, self.store(env.fake_tensordict()),
+                                        NAME, at_least=config.batch_length)
         model_loss = DreamerModelLoss(self.world_model, free_nats=config.free_nats)
         model_loss.set_keys(observation=("next", self.obs_key),
                             reconstruction=("next", "reco_" + self.obs_key))

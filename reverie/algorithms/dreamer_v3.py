@@ -348,10 +348,8 @@ class DreamerV3Agent(CountsUpdates, Agent):
             eval_episodes=config.eval_episodes)
         self.obs_key = "pixels" if config.pixels else "observation"
         self.models = make_models(config, env, device)  # a plain dict: modules are shared
-        self.capacity = budget_capacity(config.buffer_size, config.buffer_gb, self.store(env.fake_tensordict()), NAME)
-        if self.capacity < config.batch_length:
-            raise ValueError(f"{NAME}: buffer_gb={config.buffer_gb} holds {self.capacity} transitions, fewer "
-                             f"than batch_length={config.batch_length}; raise buffer_gb.")
+        self.capacity = budget_capacity(config.buffer_size, config.buffer_gb, self.store(env.fake_tensordict()),
+                                        NAME, at_least=config.batch_length)
         self.world_model, self.actor, self.critic, self.slow_critic = (
             self.models[k] for k in ("world_model", "actor", "critic", "slow_critic"))
         self.return_normalizer = ReturnNormalizer().to(device)

@@ -43,18 +43,18 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
-from torchrl.envs import DTypeCastTransform, GymEnv, GymWrapper, TransformedEnv
+from torchrl.envs import DTypeCastTransform, GymWrapper, TransformedEnv
 
 from reverie import training
 from reverie.diagnostics import plot_belief_vs_real
 from reverie.envs import ImaginedEnv
 from reverie.envs.pilco_tasks import TASKS, Task, _StartDown
+from reverie.envs.tasks import make_task_env, render_kwargs
 from reverie.modules import GPWorldModel, PseudoTargetRBFController, RBFController
 from reverie.objectives import ExponentialQuadraticCost
 from reverie.runs import RunConfig, cfg
 from reverie.training import EPISODE_KEY, Agent, Schedule, derive_seed, make_replay_buffer
 from reverie.training.checks import require_continuous_actions
-from reverie.training.video import render_kwargs
 
 NAME = "pilco"
 
@@ -109,11 +109,11 @@ def make_env(config: Config, render: bool = False):
     task = TASKS.get(name)
     if task is None:
         raise ValueError(f"pilco: no task definition for {name!r}; known: {sorted(TASKS)}.")
-    kwargs = {**(task.env_kwargs or {}), **render_kwargs(render)}
     if task.start_down:
-        env = GymWrapper(_StartDown(gym.make(name, **kwargs)), frame_skip=task.frame_skip)
+        env = GymWrapper(_StartDown(gym.make(name, **(task.env_kwargs or {}), **render_kwargs(render))),
+                         frame_skip=task.frame_skip)
     else:
-        env = GymEnv(name, frame_skip=task.frame_skip, **kwargs)
+        env = make_task_env(name, render=render, frame_skip=task.frame_skip, **(task.env_kwargs or {}))
     if env.observation_spec["observation"].dtype != torch.float64:
         env = TransformedEnv(env, DTypeCastTransform(torch.float32, torch.float64, in_keys=["observation"]))
     return env

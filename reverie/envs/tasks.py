@@ -19,10 +19,16 @@ import os
 import torch
 from torchrl.envs import CatTensors, Compose, DoubleToFloat, EnvBase, GymEnv, TransformedEnv
 
-__all__ = ["DMC_PREFIX", "dmc_task", "make_task_env"]
+__all__ = ["DMC_PREFIX", "dmc_task", "make_task_env", "render_kwargs"]
 
 #: the prefix of DeepMind Control Suite task names
 DMC_PREFIX = "dmc/"
+
+
+def render_kwargs(render: bool) -> dict:
+    """Keyword arguments of ``gym.make`` for a Gymnasium env that renders frames on
+    ``render()``: ``render_mode="rgb_array"`` (nothing when ``render`` is False)."""
+    return {"render_mode": "rgb_array"} if render else {}
 
 
 def dmc_task(name: str) -> tuple[str, str] | None:
@@ -61,9 +67,8 @@ def make_task_env(name: str, *, from_pixels: bool = False, render: bool = False,
     """
     task = dmc_task(name)
     if task is None:
-        if render and not from_pixels:
-            gym_kwargs = {**gym_kwargs, "render_mode": "rgb_array"}
-        return GymEnv(name, from_pixels=from_pixels, pixels_only=False, frame_skip=frame_skip, **gym_kwargs)
+        return GymEnv(name, from_pixels=from_pixels, pixels_only=False, frame_skip=frame_skip,
+                      **gym_kwargs, **render_kwargs(render and not from_pixels))
     if gym_kwargs:
         raise ValueError(f"env={name!r} is a DeepMind Control task; it takes no Gymnasium arguments "
                          f"({sorted(gym_kwargs)}).")

@@ -126,9 +126,10 @@ def transition_bytes(transition: TensorDictBase) -> int:
 
 
 def budget_capacity(buffer_size: int, buffer_gb: float, transition: TensorDictBase,
-                    who: str = "replay") -> int:
+                    who: str = "replay", at_least: int = 1) -> int:
     """The replay capacity: ``buffer_size`` transitions like ``transition``, or as many as fit
-    in ``buffer_gb`` GB, whichever is fewer.
+    in ``buffer_gb`` GB, whichever is fewer; it must hold ``at_least`` transitions (e.g. one
+    replayed sequence).
 
     A state transition of a few floats fits a million times in a few MB; a 64x64 RGB frame
     stored as float32 takes 49 kB, so a pixel run's million transitions would need 49 GB and
@@ -136,7 +137,7 @@ def budget_capacity(buffer_size: int, buffer_gb: float, transition: TensorDictBa
     bounds the memory, it is not taken at the start.
 
     Raises:
-        ValueError: not one transition fits in the budget, or the budget is more than half
+        ValueError: fewer than ``at_least`` transitions fit in the budget, or the budget is more than half
             of this machine's memory (names ``buffer_gb``, the sizes and the fix).
 
     Examples:
@@ -150,9 +151,10 @@ def budget_capacity(buffer_size: int, buffer_gb: float, transition: TensorDictBa
     """
     per = max(transition_bytes(transition), 1)
     fit = int(buffer_gb * 1e9 // per)
-    if fit < 1:
-        raise ValueError(f"{who}: buffer_gb={buffer_gb} holds no transition of {per / 1e3:.1f} kB; "
-                         "raise buffer_gb.")
+    if fit < at_least:
+        held = "no transition" if fit == 0 else f"{fit} transitions"
+        need = "" if at_least == 1 else f", fewer than the {at_least} needed"
+        raise ValueError(f"{who}: buffer_gb={buffer_gb} holds {held} of {per / 1e3:.1f} kB{need}; raise buffer_gb.")
     capacity = min(int(buffer_size), fit)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if capacity * per > 0.5 * total:

@@ -21,7 +21,7 @@ from reverie.diagnostics.video import video_suffix, write_video
 from .collect import wrap_env
 from .evaluate import episode_return, run_episodes
 
-__all__ = ["render_kwargs", "renders", "record_episode"]
+__all__ = ["renders", "record_episode"]
 
 
 class _FrameGrabber(Transform):
@@ -48,12 +48,6 @@ class _FrameGrabber(Transform):
     def _step(self, tensordict, next_tensordict):
         self._grab()
         return next_tensordict
-
-
-def render_kwargs(render: bool, from_pixels: bool = False) -> dict:
-    """Keyword arguments for ``GymEnv``/``gym.make`` in a recipe's ``make_env(config, render)``:
-    ``render_mode="rgb_array"`` when rendering (an env built ``from_pixels`` has it already)."""
-    return {"render_mode": "rgb_array"} if render and not from_pixels else {}
 
 
 def renders(make_env: Callable) -> bool:
